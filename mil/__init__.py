@@ -1,0 +1,1 @@
+"""Slide-level multiple-instance learning: CLAM-SB/MB, DSMIL, TransMIL and mean/max/ABMIL baselines."""

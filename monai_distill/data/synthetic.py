@@ -1,0 +1,206 @@
+"""SyntheticSet: the product of every distiller and coreset (images, hard or soft labels, learned lr, metadata)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..utils import atomic_path, atomic_torch_save
+from .dataset import DataError
+
+__all__ = ["SyntheticSet"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SyntheticSet:
+    """A small (synthetic or selected) training set.
+
+    Attributes:
+        images: (N, C, H, W) or (N, C, D, H, W), in the normalised units of the real data (``meta['mean']``,
+            ``meta['std']``).
+        labels: hard labels (N,) long, or soft labels (N, K) float (logits or probabilities, ``meta['soft']``).
+        lr: learned learning rate (trajectory methods) or ``None``.
+        meta: method, dataset, ipc, seed, package version, config hash, mean/std, class names, ...
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def soft(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def num_classes(self) -> int:
+        if "num_classes" in self.meta:
+            return int(self.meta["num_classes"])
+        return int(self.labels.shape[1]) if self.soft else int(self.labels.max()) + 1
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        """Class indices (argmax of soft labels)."""
+        return self.labels.argmax(dim=1) if self.soft else self.labels
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.images.ndim - 2
+
+    @property
+    def ipc(self) -> int:
+        return int(torch.bincount(self.hard_labels, minlength=self.num_classes).max())
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def validate(self, source: str = "SyntheticSet") -> None:
+        """Check shapes and types; raise a :class:`DataError` that says what is wrong."""
+        if not isinstance(self.images, torch.Tensor) or self.images.ndim not in (4, 5):
+            shape = tuple(self.images.shape) if isinstance(self.images, torch.Tensor) else type(self.images).__name__
+            raise DataError(f"{source}: 'images' must be a tensor (N, C, H, W) or (N, C, D, H, W), got {shape}.")
+        if not self.images.is_floating_point():
+            raise DataError(f"{source}: 'images' must be floating point, got {self.images.dtype}.")
+        if not isinstance(self.labels, torch.Tensor) or self.labels.ndim not in (1, 2):
+            raise DataError(f"{source}: 'labels' must be a tensor (N,) of class indices or (N, K) soft labels.")
+        if self.labels.shape[0] != self.images.shape[0]:
+            raise DataError(
+                f"{source}: {self.images.shape[0]} images but {self.labels.shape[0]} labels; they must match."
+            )
+        if self.labels.ndim == 1 and self.labels.is_floating_point():
+            raise DataError(f"{source}: hard 'labels' must be integer class indices, got {self.labels.dtype}.")
+        if self.labels.ndim == 2 and not self.labels.is_floating_point():
+            raise DataError(f"{source}: soft 'labels' (N, K) must be floating point, got {self.labels.dtype}.")
+        k = self.meta.get("num_classes")
+        if k is not None:
+            if self.labels.ndim == 2 and self.labels.shape[1] != int(k):
+                raise DataError(f"{source}: soft labels have {self.labels.shape[1]} columns, meta says {k} classes.")
+            if self.labels.ndim == 1 and self.labels.numel() and int(self.labels.max()) >= int(k):
+                raise DataError(f"{source}: label {int(self.labels.max())} out of range for {k} classes.")
+        if self.labels.ndim == 1 and self.labels.numel() and int(self.labels.min()) < 0:
+            raise DataError(f"{source}: labels must be >= 0.")
+        if self.lr is not None and not (math.isfinite(float(self.lr)) and float(self.lr) > 0):
+            raise DataError(f"{source}: learned lr must be a positive finite number, got {self.lr}.")
+        if not isinstance(self.meta, dict):
+            raise DataError(f"{source}: 'meta' must be a dict.")
+
+    # --------------------------------------------------------------- file I/O
+    def state(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "images": self.images.detach().cpu().clone(),
+            "labels": self.labels.detach().cpu().clone(),
+            "lr": None if self.lr is None else float(self.lr),
+            "meta": dict(self.meta),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Save atomically (temporary file, then rename) as a plain dict of tensors."""
+        path = Path(path)
+        atomic_torch_save(self.state(), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SyntheticSet:
+        """Load and validate a file written by :meth:`save`; any problem names the file and what is wrong."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"synthetic set '{path}' does not exist.")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise DataError(f"'{path}' is not a readable SyntheticSet file ({type(e).__name__}: {e}).") from e
+        if not isinstance(state, dict):
+            raise DataError(f"'{path}': expected a dict with images/labels/lr/meta, got {type(state).__name__}.")
+        missing = [k for k in ("images", "labels") if k not in state]
+        if missing:
+            raise DataError(f"'{path}': missing keys {missing}; found {sorted(state)}.")
+        obj = cls.__new__(cls)
+        obj.images, obj.labels = state["images"], state["labels"]
+        obj.lr, obj.meta = state.get("lr"), state.get("meta") or {}
+        obj.validate(source=f"'{path}'")
+        return obj
+
+    # ---------------------------------------------------------------- picture
+    def denormalised(self) -> torch.Tensor:
+        """Images in [0, 1] display units, using the mean/std recorded in ``meta``."""
+        x = self.images.detach().float().cpu()
+        mean, std = self.meta.get("mean"), self.meta.get("std")
+        if mean is not None and std is not None:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x = x * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
+        else:
+            lo = x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
+            hi = x.amax(dim=tuple(range(1, x.ndim)), keepdim=True)
+            x = (x - lo) / (hi - lo).clamp_min(1e-8)
+        return x.clamp(0, 1)
+
+    def to_png(self, path: str | Path, max_per_class: int = 20, tile_px: int = 64) -> Path:
+        """Draw a class-by-ipc grid (rows = classes); 3D images show their three orthogonal middle slices.
+
+        Args:
+            path: PNG file to write (atomically).
+            max_per_class: at most this many images per class row.
+            tile_px: minimum drawn size of one image (small images are upscaled with nearest neighbour).
+        """
+        x = self.denormalised()
+        labels = self.hard_labels.cpu()
+        tiles = [_tile(img) for img in x]  # each (H, W, 3) float
+        th = max(t.shape[0] for t in tiles)
+        tw = max(t.shape[1] for t in tiles)
+        scale = max(1, math.ceil(tile_px / min(th, tw)))
+        rows = [[i for i in torch.nonzero(labels == c).flatten().tolist()][:max_per_class] for c in range(self.num_classes)]
+        ncols = max(1, max(len(r) for r in rows))
+        gap = 2
+        canvas = np.ones(((th + gap) * len(rows) + gap, (tw + gap) * ncols + gap, 3), dtype=np.float32)
+        for r, idxs in enumerate(rows):
+            for c, i in enumerate(idxs):
+                t = tiles[i]
+                y0, x0 = gap + r * (th + gap), gap + c * (tw + gap)
+                canvas[y0 : y0 + t.shape[0], x0 : x0 + t.shape[1]] = t
+        img = Image.fromarray((canvas * 255).round().astype(np.uint8))
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            img.save(tmp, format="PNG")
+        return path
+
+
+def _to_rgb(img2d: torch.Tensor) -> np.ndarray:
+    """(C, H, W) -> (H, W, 3) numpy."""
+    c = img2d.shape[0]
+    if c == 1:
+        img2d = img2d.expand(3, -1, -1)
+    elif c != 3:
+        img2d = img2d[:1].expand(3, -1, -1)
+    return img2d.permute(1, 2, 0).numpy()
+
+
+def _tile(img: torch.Tensor) -> np.ndarray:
+    if img.ndim == 3:
+        return _to_rgb(img)
+    # 3D (C, D, H, W): axial, coronal and sagittal middle slices side by side.
+    _, d, h, w = img.shape
+    views = [img[:, d // 2], img[:, :, h // 2], img[:, :, :, w // 2]]
+    height = max(v.shape[1] for v in views)
+    parts = []
+    for v in views:
+        rgb = _to_rgb(v)
+        if rgb.shape[0] < height:
+            rgb = np.pad(rgb, ((0, height - rgb.shape[0]), (0, 0), (0, 0)), constant_values=1.0)
+        parts.append(rgb)
+        parts.append(np.ones((height, 1, 3), dtype=rgb.dtype))
+    return np.concatenate(parts[:-1], axis=1)

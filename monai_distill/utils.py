@@ -1,0 +1,167 @@
+"""Small shared helpers: registries, atomic file writes, devices, seeding and memory accounting."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+__all__ = [
+    "Registry",
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "check_output_dir",
+    "peak_memory_mb",
+    "reset_peak_memory",
+    "resolve_device",
+    "seed_everything",
+    "to_bool",
+]
+
+
+class Registry(Generic[T]):
+    """A name -> object table for one family (networks, methods, ...), so that config strings pick classes.
+
+    Args:
+        family: what the entries are, used in error messages ("network", "method", ...).
+    """
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Any:
+        """Register ``obj`` under ``name``; without ``obj`` it returns a decorator."""
+        key = name.lower()
+
+        def _add(o: T) -> T:
+            if key in self._entries:
+                raise KeyError(f"{self.family} '{key}' is registered twice.")
+            self._entries[key] = o
+            return o
+
+        return _add(obj) if obj is not None else _add
+
+    def get(self, name: str) -> T:
+        """Return the entry for ``name``; an unknown name raises a ``KeyError`` that lists the valid ones."""
+        key = str(name).lower()
+        if key not in self._entries:
+            raise KeyError(f"unknown {self.family} '{name}'; valid names: {', '.join(self.names())}.")
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return str(name).lower() in self._entries
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
+
+    Readers therefore never see a partial file, and a crash leaves no ``*.tmp`` behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written there, before any long work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"output_dir '{path}' is not writable: {e.strerror or e}.") from e
+    return path
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``cuda`` when available and nothing was asked for, else ``cpu``; a requested CUDA device must exist."""
+    if device is None or str(device).lower() in ("", "auto", "none"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' was requested but CUDA is not available; use --device cpu.")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU ``torch.Generator`` seeded with ``seed`` for explicit sampling."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_bool(value: Any) -> bool:
+    """Read a boolean from a config/CLI value (``true``/``false``/``1``/``0``/``yes``/``no``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "no", "n", "off", "", "none"):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got '{value}'.")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: CUDA's max allocated on a GPU, the process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def call_with_known_kwargs(fn: Callable[..., T], **kwargs: Any) -> T:
+    """Call ``fn`` with the subset of ``kwargs`` its signature accepts (factories with differing options)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
