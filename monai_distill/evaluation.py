@@ -1,0 +1,241 @@
+"""The evaluation protocol: train K fresh networks on a (synthetic or real) set, test on the real test split.
+
+Protocol (DSA/MTT/PTM papers): SGD with momentum 0.9 and weight decay 5e-4, lr = the learned lr of the set or
+``preset.eval_lr``, multiplied by 0.1 at half of the epochs, DSA on the training batches, K networks with
+different seeds; test accuracy, balanced accuracy and AUC are reported as mean ± std over the K networks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import compute_roc_auc
+from sklearn.metrics import balanced_accuracy_score
+from tqdm.auto import tqdm
+
+from .augment import DiffAugment
+from .data import RealDataset, SyntheticSet
+from .networks import get_network
+from .presets import Preset
+
+__all__ = ["EvalResult", "evaluate_models", "evaluate_synthetic", "predict", "classification_metrics", "train_network"]
+
+BatchHook = Callable[[torch.Tensor, torch.Tensor, int], None]
+
+
+def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against hard class indices (N,) or soft probabilities (N, K)."""
+    if target.ndim == 1:
+        return F.cross_entropy(logits, target)
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def train_network(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float,
+    preset: Preset,
+    generator: torch.Generator,
+    device: torch.device,
+    augment: DiffAugment | None = None,
+    on_batch: BatchHook | None = None,
+    progress: tqdm | None = None,
+) -> torch.nn.Module:
+    """Train ``net`` with the protocol's SGD schedule; the one training loop used by evaluation and coresets.
+
+    Args:
+        net: the network (moved to ``device``).
+        images: (N, C, ...) training images (any device; batches are moved to ``device``).
+        labels: (N,) class indices or (N, K) soft labels (probabilities).
+        epochs: number of passes over the data; lr is multiplied by 0.1 after half of them.
+        lr: initial learning rate.
+        preset: batch size, momentum and weight decay.
+        generator: CPU generator for shuffling and augmentation (reproducible, independent of global RNG).
+        device: where to train.
+        augment: DSA applied per batch with fresh per-sample parameters, or ``None``.
+        on_batch: called as ``on_batch(indices, logits, epoch)`` after each step (forgetting statistics).
+        progress: a tqdm bar advanced once per epoch.
+    """
+    net = net.to(device).train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
+    n = images.shape[0]
+    bs = min(preset.eval_batch, n)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            x = images[idx].to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x, generator=generator)
+            logits = net(x)
+            loss = _soft_cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch} (lr={lr}).")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if on_batch is not None:
+                on_batch(idx, logits.detach(), epoch)
+        sched.step()
+        if progress is not None:
+            progress.update(1)
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Softmax probabilities (N, K) of ``net`` on ``images``, in eval mode, on CPU."""
+    net.eval()
+    out = [
+        torch.softmax(net(images[i : i + batch_size].to(device)).float(), dim=1).cpu()
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    return torch.cat(out)
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean per-class recall) and macro one-vs-rest ROC AUC (MONAI)."""
+    labels = labels.cpu().long()
+    pred = probs.argmax(dim=1)
+    k = probs.shape[1]
+    onehot = F.one_hot(labels, num_classes=k).float()
+    present = onehot.sum(0) > 0
+    # AUC is undefined for classes absent from the test labels; MONAI would warn and return nan for them.
+    auc = (
+        float(compute_roc_auc(probs[:, present], onehot[:, present], average="macro"))
+        if present.sum() > 1
+        else float("nan")
+    )
+    return {
+        "acc": float((pred == labels).float().mean()),
+        "balanced_acc": float(balanced_accuracy_score(labels.numpy(), pred.numpy())),
+        "auc": auc,
+    }
+
+
+@dataclass
+class EvalResult:
+    """Per-network test metrics and their mean ± std."""
+
+    per_model: list[dict[str, float]]
+    epochs: int
+    arch: str
+    seconds: float
+    summary: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("acc", "balanced_acc", "auc"):
+            vals = np.array([m[key] for m in self.per_model], dtype=np.float64)
+            self.summary[f"test_{key}_mean"] = float(vals.mean())
+            self.summary[f"test_{key}_std"] = float(vals.std())
+
+    def to_metrics(self) -> dict[str, Any]:
+        return {
+            **self.summary,
+            "n_eval_models": len(self.per_model),
+            "eval_epochs": self.epochs,
+            "eval_arch": self.arch,
+            "eval_seconds": self.seconds,
+            "per_model": self.per_model,
+        }
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def evaluate_models(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test: RealDataset,
+    arch: str,
+    preset: Preset,
+    seed: int,
+    device: torch.device,
+    lr: float | None = None,
+    epochs: int | None = None,
+    num_models: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Train ``num_models`` fresh ``arch`` networks on ``images``/``labels`` and test each on ``test``.
+
+    Network k is seeded with ``seed * 1000 + k`` whatever the process layout, so under ``torch.distributed``
+    the K networks are split across ranks (rank r trains r, r + W, ...) and gathered, giving the same
+    numbers as one process.
+
+    Args:
+        images: training images (N, C, ...) in the normalised units of ``test``.
+        labels: (N,) class indices or (N, K) soft labels.
+        test: the real test split.
+        arch: network factory name.
+        preset: protocol hyper-parameters.
+        seed: base seed.
+        device: training device.
+        lr: learning rate (the set's learned lr), default ``preset.eval_lr``.
+        epochs: default ``preset.eval_epochs``.
+        num_models: K, default ``preset.eval_models``.
+        progress: show a tqdm bar (it hides itself when stderr is not a terminal).
+    """
+    epochs = int(epochs or preset.eval_epochs)
+    k_total = int(num_models or preset.eval_models)
+    lr = float(lr or preset.eval_lr)
+    if tuple(images.shape[1:]) != (test.in_channels, *test.spatial_size):
+        raise ValueError(
+            f"training images have shape {tuple(images.shape[1:])} per image, but the test split of {test.name} "
+            f"has {(test.in_channels, *test.spatial_size)}."
+        )
+    rank, world = _rank_world()
+    augment = DiffAugment(preset.dsa_strategy) if preset.dsa else None
+    start = time.perf_counter()
+    mine: dict[int, dict[str, float]] = {}
+    bar = tqdm(
+        total=epochs * len(range(rank, k_total, world)),
+        desc=f"evaluate {arch}",
+        disable=not progress or None,
+        leave=False,
+    )
+    for k in range(rank, k_total, world):
+        model_seed = seed * 1000 + k
+        torch.manual_seed(model_seed)
+        net = get_network(
+            arch,
+            test.spatial_dims,
+            test.in_channels,
+            test.num_classes,
+            test.spatial_size,
+            width=preset.width,
+            depth=preset.depth,
+            norm=preset.norm,
+        )
+        gen = torch.Generator().manual_seed(model_seed)
+        train_network(net, images, labels, epochs, lr, preset, gen, device, augment=augment, progress=bar)
+        mine[k] = classification_metrics(predict(net, test.images, device), test.labels)
+    bar.close()
+    if world > 1:
+        gathered: list[dict[int, dict[str, float]]] = [{} for _ in range(world)]
+        torch.distributed.all_gather_object(gathered, mine)
+        for part in gathered:
+            mine.update(part)
+    per_model = [mine[k] for k in range(k_total)]
+    return EvalResult(per_model=per_model, epochs=epochs, arch=arch, seconds=time.perf_counter() - start)
+
+
+def evaluate_synthetic(
+    syn: SyntheticSet, test: RealDataset, arch: str, preset: Preset, seed: int, device: torch.device, **kwargs: Any
+) -> EvalResult:
+    """:func:`evaluate_models` on a :class:`SyntheticSet`, using its learned lr when it has one."""
+    return evaluate_models(
+        syn.images.detach(), syn.labels.detach(), test, arch, preset, seed, device, lr=syn.lr, **kwargs
+    )
