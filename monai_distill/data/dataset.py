@@ -47,7 +47,8 @@ class RealDataset:
     def __post_init__(self) -> None:
         if self.images.ndim not in (4, 5):
             raise DataError(
-                f"{self.name}/{self.split}: images must be (N, C, H, W) or (N, C, D, H, W), got {tuple(self.images.shape)}."
+                f"{self.name}/{self.split}: images must be (N, C, H, W) or (N, C, D, H, W), "
+                f"got {tuple(self.images.shape)}."
             )
         if self.images.shape[0] != self.labels.shape[0]:
             raise DataError(
@@ -110,6 +111,8 @@ def images_to_tensor(images: np.ndarray, spatial_dims: int, name: str = "images"
     MedMNIST stores 2D grey images as (N, H, W), colour as (N, H, W, 3) and 3D volumes as (N, D, H, W).
     """
     arr = np.asarray(images)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise DataError(f"{name}: images must be numeric, got dtype {arr.dtype}.")
     if arr.ndim == spatial_dims + 1:
         arr = arr[:, None]
     elif arr.ndim == spatial_dims + 2 and spatial_dims == 2 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] > 4:
@@ -122,14 +125,58 @@ def images_to_tensor(images: np.ndarray, spatial_dims: int, name: str = "images"
     return t.float()
 
 
-def split_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of a (N, C, ...) float tensor."""
-    dims = [0, *range(2, images.ndim)]
-    mean = images.mean(dim=dims)
-    std = images.std(dim=dims).clamp_min(1e-6)
+def split_stats(
+    images: torch.Tensor | np.ndarray, spatial_dims: int | None = None, chunk_elements: int = 2**24
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of a split.
+
+    Statistics are taken over chunks of samples and merged in float64 with Chan et al.'s parallel-variance update,
+    so a large 3D split (e.g. 1188 volumes of 64^3) never needs a second full-size float copy and the result does
+    not depend on float32 rounding of one huge reduction.
+
+    Args:
+        images: float tensor (N, C, ...), or the raw array of a split (any layout :func:`images_to_tensor` reads),
+            which is converted chunk by chunk.
+        spatial_dims: needed only for raw arrays, to read their layout.
+        chunk_elements: about how many values one chunk holds.
+
+    Returns:
+        ``(mean, std)``, one float per channel; std is at least 1e-6 so that constant images can be normalised.
+    """
+    if not isinstance(images, torch.Tensor) and spatial_dims is None:
+        raise ValueError("split_stats: spatial_dims is required to read a raw array.")
+    n_total = int(images.shape[0])
+    per_sample = max(1, int(np.prod(images.shape[1:])))
+    step = max(1, chunk_elements // per_sample)
+    count, mean, m2 = 0, None, None
+    for i in range(0, n_total, step):
+        part = images[i : i + step]
+        t = part if isinstance(part, torch.Tensor) else images_to_tensor(part, int(spatial_dims))
+        t = t.detach().float().transpose(0, 1).reshape(t.shape[1], -1)
+        n_b = t.shape[1]
+        # A chunk is small enough for float32 Welford (var_mean) to be accurate; the merge runs in float64.
+        var_b, mean_b = torch.var_mean(t, dim=1, correction=0)
+        mean_b, m2_b = mean_b.double(), var_b.double() * n_b
+        if mean is None:
+            count, mean, m2 = n_b, mean_b, m2_b
+            continue
+        delta = mean_b - mean
+        total = count + n_b
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + m2_b + delta**2 * (count * n_b / total)
+        count = total
+    if mean is None:
+        raise DataError("split_stats: the split holds no images, so its mean/std are undefined.")
+    std = (m2 / max(count - 1, 1)).sqrt().clamp_min(1e-6)
     return [float(m) for m in mean], [float(s) for s in std]
 
 
-def normalise(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+def normalise(images: torch.Tensor, mean: list[float], std: list[float], inplace: bool = False) -> torch.Tensor:
+    """``(images - mean) / std`` per channel; ``inplace=True`` reuses the memory of a tensor the caller owns."""
     shape = (1, -1) + (1,) * (images.ndim - 2)
-    return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    m = torch.tensor(mean, dtype=dtype).view(shape)
+    s = torch.tensor(std, dtype=dtype).view(shape)
+    if inplace:
+        return images.sub_(m).div_(s)
+    return (images - m) / s

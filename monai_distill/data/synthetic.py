@@ -161,7 +161,7 @@ class SyntheticSet:
         th = max(t.shape[0] for t in tiles)
         tw = max(t.shape[1] for t in tiles)
         scale = max(1, math.ceil(tile_px / min(th, tw)))
-        rows = [[i for i in torch.nonzero(labels == c).flatten().tolist()][:max_per_class] for c in range(self.num_classes)]
+        rows = [torch.nonzero(labels == c).flatten().tolist()[:max_per_class] for c in range(self.num_classes)]
         ncols = max(1, max(len(r) for r in rows))
         gap = 2
         canvas = np.ones(((th + gap) * len(rows) + gap, (tw + gap) * ncols + gap, 3), dtype=np.float32)
