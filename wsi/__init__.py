@@ -1,4 +1,51 @@
 """Whole-slide image pipeline: read slides with MONAI ``WSIReader``, tissue mask, patch grid, patch datasets.
 
-Slides are tiled into patch grids; later steps distil each slide into a small synthetic bag.
+Slides are tiled into patch grids (:mod:`wsi.tiling`, cohort runs in :mod:`wsi.workflows`); later steps distil each
+slide into a small synthetic bag. :mod:`wsi.cohort` writes a labelled test cohort made of real tissue.
+
+Modules:
+    reader: :class:`Slide` / :class:`SlideInfo` over ``monai.data.WSIReader`` (openslide, tifffile, cucim).
+    tissue: HSV-saturation/Otsu tissue mask with pen-mark removal and morphology (skimage).
+    grid: level/mpp resolution (:class:`PatchSpec`), grid positions, tissue fraction per patch, :class:`PatchGrid`.
+    tiling: :func:`tile_slide` (mask + grid of one slide).
+    workflows: :class:`TilingWorkflow`, the cohort run of the ``wsi_tiling`` bundle (resumable, sharded by rank).
+    datasets: :class:`SlidePatchDataset` (MONAI ``PatchWSIDataset`` over saved grids).
+    cohort: :func:`build_cohort`, pyramidal TIFF slides of real tissue with a known label.
 """
+
+from .cohort import build_cohort, load_pools, shared_data_dir, write_pyramid_tiff
+from .datasets import SlidePatchDataset, grid_to_data, load_grids
+from .grid import PatchGrid, PatchSpec, resolve_patch_spec
+from .reader import Slide, SlideInfo, SlideReadError, open_slide
+from .slides import SlideRecord, list_slides
+from .tiling import NoTissueError, SlideTiling, TilingConfig, tile_slide
+from .tissue import TissueMaskConfig, tile_tissue_fraction, tissue_fraction, tissue_mask
+from .workflows import TilingWorkflow
+
+__all__ = [
+    "NoTissueError",
+    "PatchGrid",
+    "PatchSpec",
+    "Slide",
+    "SlideInfo",
+    "SlidePatchDataset",
+    "SlideReadError",
+    "SlideRecord",
+    "SlideTiling",
+    "TilingConfig",
+    "TilingWorkflow",
+    "TissueMaskConfig",
+    "build_cohort",
+    "grid_to_data",
+    "list_slides",
+    "load_grids",
+    "load_pools",
+    "open_slide",
+    "resolve_patch_spec",
+    "shared_data_dir",
+    "tile_slide",
+    "tile_tissue_fraction",
+    "tissue_fraction",
+    "tissue_mask",
+    "write_pyramid_tiff",
+]
