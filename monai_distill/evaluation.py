@@ -24,7 +24,7 @@ from .data import RealDataset, SyntheticSet
 from .networks import get_network
 from .presets import Preset
 
-__all__ = ["EvalResult", "evaluate_models", "evaluate_synthetic", "predict", "classification_metrics", "train_network"]
+__all__ = ["EvalResult", "classification_metrics", "evaluate_models", "evaluate_synthetic", "predict", "train_network"]
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, int], None]
 

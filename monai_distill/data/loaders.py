@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .dataset import RealDataset
 from .arrays import load_arrays
+from .dataset import RealDataset
 from .medmnist import load_medmnist
 from .volumes import load_volume_csv
 

@@ -63,7 +63,7 @@ def test_3d_random_coreset(medmnist_dir):
 
 
 def test_errors(breast):
-    with pytest.raises(KeyError, match="valid names: .*herding.*random"):
+    with pytest.raises(KeyError, match=r"valid names: .*herding.*random"):
         get_method("kmeans")
     assert {"random", "herding", "forgetting"} <= set(method_names())
     with pytest.raises(ValueError, match="largest valid ipc is 147"):
