@@ -142,13 +142,13 @@ class SlidePatchDataset(PatchWSIDataset):
         image, meta = self.wsi_reader.get_data(
             wsi=wsi, location=self._get_location(sample), size=self._get_size(sample), level=self._get_level(sample)
         )
-        if isinstance(image, np.ndarray) and not image.flags.writeable:
-            image = image.copy()  # PIL-backed arrays are read-only; torch warns on (and must not share) those
         out = int(sample["patch_size"])
         if image.shape[-1] != out or image.shape[-2] != out:
             hwc = np.moveaxis(np.asarray(image), 0, -1)
             image = np.moveaxis(np.asarray(Image.fromarray(hwc).resize((out, out), Image.BILINEAR)), -1, 0)
             meta["spatial_shape"] = np.asarray(image.shape[1:])
+        if isinstance(image, np.ndarray) and not image.flags.writeable:
+            image = image.copy()  # PIL-backed arrays are read-only; torch warns on (and must not share) those
         return image, meta
 
     def close(self) -> None:

@@ -128,13 +128,14 @@ def resolve_patch_spec(
     level_mpp = mpp0 * info.downsamples[lvl]
     scale = target / level_mpp
     read_size = patch_size if abs(scale - 1.0) <= mpp_rtol else max(1, round(patch_size * scale))
+    actual_mpp = level_mpp * read_size / patch_size  # what the patches really are (the request up to rounding)
     return PatchSpec(
         patch_size=patch_size,
         level=lvl,
         read_size=read_size,
         footprint=max(1, round(read_size * info.downsamples[lvl])),
-        stride=max(1, round(stride * target / mpp0)),
-        mpp=level_mpp * read_size / patch_size,
+        stride=max(1, round(stride * actual_mpp / mpp0)),
+        mpp=actual_mpp,
         requested_mpp=target,
     )
 

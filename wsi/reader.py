@@ -110,7 +110,10 @@ class Slide:
         try:
             self.handle = self.reader.read(str(self.path))
         except Exception as e:  # backends raise their own exception types (OpenSlideError, TiffFileError, ...)
-            raise SlideReadError(f"cannot open '{self.path}' as a whole-slide image ({backend} backend): {e}") from e
+            raise SlideReadError(
+                f"cannot open '{self.path}' as a whole-slide image ({backend} backend): {e} "
+                "(not a slide, a truncated or damaged file, or a format this backend does not read)"
+            ) from e
         try:
             self.info = self._describe()
         except Exception as e:

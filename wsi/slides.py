@@ -23,7 +23,7 @@ class SlideRecord:
 
     Attributes:
         slide_id: unique name used for output files.
-        path: slide file (it may not exist; the run records that as a failure).
+        path: absolute path of the slide file (it may not exist; the run records that as a failure).
         label: slide label (``None`` for directory input).
         split: optional split name.
     """
@@ -59,6 +59,7 @@ def _from_csv(csv_path: Path) -> list[SlideRecord]:
         path = Path(raw).expanduser()
         if not path.is_absolute():  # relative paths are relative to the CSV, so a cohort folder can be moved
             path = csv_path.parent / path
+        path = path.absolute()
         slide_id = str(row.get("slide_id", "") or "").strip() or path.stem
         label = str(row["label"]).strip()
         split = str(row.get("split", "") or "").strip() or None
@@ -68,7 +69,7 @@ def _from_csv(csv_path: Path) -> list[SlideRecord]:
 
 def _from_dir(directory: Path) -> list[SlideRecord]:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
-    return [SlideRecord(slide_id=p.stem, path=p) for p in files]
+    return [SlideRecord(slide_id=p.stem, path=p.absolute()) for p in files]
 
 
 def list_slides(slides: str | os.PathLike | list[SlideRecord]) -> list[SlideRecord]:

@@ -65,7 +65,7 @@ def test_impossible_requests(info, kwargs, message) -> None:
 
 
 def test_mpp_on_slide_without_mpp(tcga_svs: Path) -> None:
-    with Slide(tcga_svs) as s, pytest.raises(ValueError, match="no microns-per-pixel.*--level"):
+    with Slide(tcga_svs) as s, pytest.raises(ValueError, match=r"no microns-per-pixel.*--level"):
         resolve_patch_spec(s.info, 64, mpp=1.0)
 
 
@@ -113,7 +113,7 @@ def test_grid_file_roundtrip_and_errors(cohort_slide: Path, tmp_path: Path) -> N
     np.testing.assert_allclose(back.tissue_fraction, grid.tissue_fraction, atol=1e-4)
     assert (back.spec, back.info, back.label, back.split) == (grid.spec, grid.info, "1", "train")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="bad.json"):
+    with pytest.raises(ValueError, match=r"bad\.json"):
         PatchGrid.load(tmp_path / "bad.json")
     (tmp_path / "other.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match="missing keys"):

@@ -60,14 +60,14 @@ def test_tifffile_backend_on_svs_keeps_only_true_levels(tcga_svs: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.svs"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.svs"):
         Slide(tmp_path / "nope.svs")
 
 
 def test_png_renamed_svs(tmp_path: Path, he_tiles: Path) -> None:
     fake = tmp_path / "fake.svs"
     shutil.copy(he_tiles / "histolab_no-tissue.png", fake)
-    with pytest.raises(SlideReadError, match="fake.svs"):
+    with pytest.raises(SlideReadError, match=r"fake\.svs"):
         Slide(fake)
 
 
