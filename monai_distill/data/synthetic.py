@@ -26,7 +26,8 @@ class SyntheticSet:
     Attributes:
         images: (N, C, H, W) or (N, C, D, H, W), in the normalised units of the real data (``meta['mean']``,
             ``meta['std']``).
-        labels: hard labels (N,) long, or soft labels (N, K) float (logits or probabilities, ``meta['soft']``).
+        labels: hard labels (N,) long, or soft labels (N, K) float class probabilities (rows sum to 1; methods that
+            learn logits store their softmax).
         lr: learned learning rate (trajectory methods) or ``None``.
         meta: method, dataset, ipc, seed, package version, config hash, mean/std, class names, ...
     """
@@ -83,6 +84,13 @@ class SyntheticSet:
             raise DataError(f"{source}: hard 'labels' must be integer class indices, got {self.labels.dtype}.")
         if self.labels.ndim == 2 and not self.labels.is_floating_point():
             raise DataError(f"{source}: soft 'labels' (N, K) must be floating point, got {self.labels.dtype}.")
+        if self.labels.ndim == 2 and self.labels.numel():
+            rows = self.labels.detach().float().sum(dim=1)
+            if bool((self.labels < 0).any()) or not torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
+                raise DataError(
+                    f"{source}: soft labels must be class probabilities (non-negative, rows summing to 1); "
+                    "store softmax(logits)."
+                )
         k = self.meta.get("num_classes")
         if k is not None:
             if self.labels.ndim == 2 and self.labels.shape[1] != int(k):

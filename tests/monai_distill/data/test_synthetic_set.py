@@ -36,10 +36,10 @@ def _from_real(real: RealDataset, ipc: int, seed: int = 0) -> tuple[SyntheticSet
 def test_roundtrip(tmp_path: Path, breast_train: RealDataset, soft: bool) -> None:
     synth, _ = _from_real(breast_train, ipc=3)
     if soft:
-        # Logits that still favour each image's class, as learned soft labels (DATM-style) usually do.
+        # Probabilities that still favour each image's class, as learned soft labels (DATM-style) usually do.
         noise = 0.1 * torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
         logits = 2.0 * torch.nn.functional.one_hot(synth.labels, 2).float() + noise
-        synth = SyntheticSet(images=synth.images, labels=logits, meta=synth.meta)
+        synth = SyntheticSet(images=synth.images, labels=logits.softmax(dim=1), meta=synth.meta)
     synth.lr = 0.0123
     synth.meta["config_hash"] = "abc123"
     path = synth.save(tmp_path / "synthetic.pt")
@@ -53,6 +53,12 @@ def test_roundtrip(tmp_path: Path, breast_train: RealDataset, soft: bool) -> Non
     assert back.ipc == 3 and back.num_classes == 2
     # Only the file itself is left in the folder: the temporary file was renamed onto it.
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic.pt"]
+
+
+def test_soft_labels_must_be_probabilities(breast_train: RealDataset) -> None:
+    synth, _ = _from_real(breast_train, ipc=2)
+    with pytest.raises(DataError, match="class probabilities"):
+        SyntheticSet(images=synth.images, labels=torch.randn(4, 2), meta=synth.meta)
 
 
 def test_roundtrip_without_lr(tmp_path: Path, adrenal_train: RealDataset) -> None:
