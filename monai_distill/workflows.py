@@ -83,6 +83,12 @@ class _Workflow:
         self.preset_overrides = dict(preset_overrides or {})
         self.progress = to_bool(progress)
 
+    def _dataset_ref(self) -> str | None:
+        """What ``--dataset`` must be to load this data again: the flag, or the absolute path of a user file."""
+        if self.dataset is None or Path(str(self.dataset)).suffix == "":
+            return self.dataset
+        return str(Path(str(self.dataset)).resolve())
+
     def _preset(self, spatial_dims: int) -> Preset:
         # eval_models/eval_epochs are preset fields too, so the recorded preset is the one that ran.
         overrides = {**self.preset_overrides, "eval_models": self.eval_models, "eval_epochs": self.eval_epochs}
@@ -203,7 +209,12 @@ class DistillWorkflow(_Workflow):
             for it in bar:
                 bar.set_postfix(distiller.step(it))
         syn = distiller.synthetic_set()
-        syn.meta.update(preset=preset.name, config_hash=_config_hash(self._config(preset)))
+        syn.meta.update(
+            preset=preset.name,
+            config_hash=_config_hash(self._config(preset)),
+            dataset_ref=self._dataset_ref(),
+            size=self.size,
+        )
         distill_seconds = time.perf_counter() - start
 
         if is_main_process():
@@ -307,7 +318,7 @@ class EvaluateWorkflow(_Workflow):
         full = self.synthetic.lower() == "full"
         syn = None if full else SyntheticSet.load(self.synthetic)
         if syn is not None:
-            self.dataset = self.dataset or syn.meta.get("dataset")
+            self.dataset = self.dataset or syn.meta.get("dataset_ref") or syn.meta.get("dataset")
             self.size = self.size or syn.meta.get("size")
         if not self.dataset:
             raise ValueError("the dataset is not recorded in the synthetic set; pass --dataset.")

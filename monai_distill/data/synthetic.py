@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ..utils import atomic_path, atomic_torch_save
 from .dataset import DataError
@@ -142,6 +142,13 @@ class SyntheticSet:
         return obj
 
     # ---------------------------------------------------------------- picture
+    def _class_names(self) -> list[str]:
+        names = self.meta.get("class_names") or []
+        names = [str(n) for n in names][: self.num_classes]
+        names += [f"class {c}" for c in range(len(names), self.num_classes)]
+        # Long MedMNIST names ("normal, benign") are cut so the label column stays narrow.
+        return [f"{c}: {n[:18]}" for c, n in enumerate(names)]
+
     def denormalised(self) -> torch.Tensor:
         """Images in [0, 1] display units, using the mean/std recorded in ``meta``."""
         x = self.images.detach().float().cpu()
@@ -155,13 +162,14 @@ class SyntheticSet:
             x = (x - lo) / (hi - lo).clamp_min(1e-8)
         return x.clamp(0, 1)
 
-    def to_png(self, path: str | Path, max_per_class: int = 20, tile_px: int = 64) -> Path:
+    def to_png(self, path: str | Path, max_per_class: int = 20, tile_px: int = 64, row_names: bool = True) -> Path:
         """Draw a class-by-ipc grid (rows = classes); 3D images show their three orthogonal middle slices.
 
         Args:
             path: PNG file to write (atomically).
             max_per_class: at most this many images per class row.
             tile_px: minimum drawn size of one image (small images are upscaled with nearest neighbour).
+            row_names: write each row's class index and name in a column on the left.
         """
         x = self.denormalised()
         labels = self.hard_labels.cpu()
@@ -181,10 +189,24 @@ class SyntheticSet:
         img = Image.fromarray((canvas * 255).round().astype(np.uint8))
         if scale > 1:
             img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        if row_names:
+            img = _with_row_names(img, self._class_names(), (th + gap) * scale, gap * scale)
         path = Path(path)
         with atomic_path(path) as tmp:
             img.save(tmp, format="PNG")
         return path
+
+
+def _with_row_names(img: Image.Image, names: list[str], row_px: int, top: int) -> Image.Image:
+    """Prepend a white column with one class name per grid row (PIL's built-in font, no font files needed)."""
+    font = ImageFont.load_default()
+    width = max(int(ImageDraw.Draw(img).textlength(n, font=font)) for n in names) + 8
+    out = Image.new("RGB", (img.width + width, img.height), "white")
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    for r, name in enumerate(names):
+        draw.text((4, top + r * row_px + row_px // 2 - 6), name, fill="black", font=font)
+    return out
 
 
 def _to_rgb(img2d: torch.Tensor) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..augment import DiffAugment
 from ..data import SyntheticSet
@@ -39,18 +40,12 @@ class Coreset(Distiller):
         torch.manual_seed(self.cfg.seed)
         net = self.net_factory()
         augment = DiffAugment(preset.dsa_strategy) if preset.dsa else None
-        return train_network(
-            net,
-            self.real.images,
-            self.real.labels,
-            epochs,
-            preset.eval_lr,
-            preset,
-            self.generator,
-            self.device,
-            augment=augment,
-            on_batch=on_batch,
-        )
+        # disable=None hides the bar when stderr is not a terminal (CI logs, benchmarks).
+        with tqdm(total=epochs, desc=f"{self.name}: training the selection network", disable=None, leave=False) as bar:
+            return train_network(
+                net, self.real.images, self.real.labels, epochs, preset.eval_lr, preset, self.generator, self.device,
+                augment=augment, on_batch=on_batch, progress=bar,
+            )
 
 
 @METHODS.register("random")

@@ -148,7 +148,7 @@ def test_to_png_2d(tmp_path: Path, medmnist_dir: Path, breast_train: RealDataset
     assert float(den.min()) >= 0.0 and float(den.max()) <= 1.0
     np.testing.assert_allclose(den[:, 0].numpy(), raw, atol=1e-5)
 
-    png = _read_png(synth.to_png(tmp_path / "grid.png", tile_px=56))
+    png = _read_png(synth.to_png(tmp_path / "grid.png", tile_px=56, row_names=False))
     # 2 class rows x ipc columns of 28 px tiles with a 2 px gap, upscaled x2 to reach tile_px.
     scale, tile, gap = 2, 28, 2
     assert png.shape == (((tile + gap) * 2 + gap) * scale, ((tile + gap) * ipc + gap) * scale, 3)
@@ -168,7 +168,7 @@ def test_to_png_3d(tmp_path: Path, medmnist_dir: Path, adrenal_train: RealDatase
     raw = np.load(medmnist_dir / "adrenalmnist3d.npz")["train_images"][idx.numpy()] / 255.0
     np.testing.assert_allclose(den[:, 0].numpy(), raw, atol=1e-5)
 
-    png = _read_png(synth.to_png(tmp_path / "grid3d.png"))
+    png = _read_png(synth.to_png(tmp_path / "grid3d.png", row_names=False))
     # A 3D tile is its three middle slices (28 x 28 each) side by side with 1 px between them: 28 x 86.
     tile_h, tile_w, gap = 28, 3 * 28 + 2, 2
     scale = 3  # ceil(64 / 28): the default tile_px of 64
@@ -189,5 +189,14 @@ def test_to_png_without_stats_rescales(tmp_path: Path) -> None:
     synth = SyntheticSet(images=torch.randn(4, 3, 8, 8) * 50, labels=torch.tensor([0, 1, 2, 2]))
     den = synth.denormalised()
     assert float(den.min()) == 0.0 and float(den.max()) == 1.0
-    png = _read_png(synth.to_png(tmp_path / "rgb.png", tile_px=8))
+    png = _read_png(synth.to_png(tmp_path / "rgb.png", tile_px=8, row_names=False))
     assert png.shape == ((8 + 2) * 3 + 2, (8 + 2) * 2 + 2, 3)
+
+
+def test_to_png_names_the_class_rows(tmp_path: Path, breast_train: RealDataset) -> None:
+    synth, _ = _from_real(breast_train, 2)
+    plain = _read_png(synth.to_png(tmp_path / "plain.png", row_names=False))
+    named = _read_png(synth.to_png(tmp_path / "named.png"))
+    assert named.shape[0] == plain.shape[0] and named.shape[1] > plain.shape[1]
+    left = named[:, : named.shape[1] - plain.shape[1]]
+    assert (left < 128).any()  # dark text pixels in the white name column
