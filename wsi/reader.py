@@ -223,11 +223,11 @@ class Slide:
         """
         if self.backend != "openslide":
             return None
+        # ``"thumbnail" in associated_images`` would decode the image just to answer; the property is free
+        if "openslide.associated.thumbnail.width" not in self.handle.properties:
+            return None
         try:
-            images = self.handle.associated_images
-            if "thumbnail" not in images:
-                return None
-            thumb = np.asarray(images["thumbnail"].convert("RGB"))
+            thumb = np.asarray(self.handle.associated_images["thumbnail"].convert("RGB"))
         except Exception:  # a damaged associated image is not fatal: the caller falls back to a level
             return None
         w0, h0 = self.info.dimensions[0]
