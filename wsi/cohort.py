@@ -8,6 +8,10 @@ visual property of real tissue that only some patches show: the multiple-instanc
 Slides are written with tifffile as tiled JPEG pyramids whose levels are consecutive pages (not SubIFDs), with the
 resolution tags set, so openslide (``generic-tiff``) and MONAI's tifffile backend both see every level and its mpp.
 Everything is seeded; the same seed gives byte-identical files.
+
+Command line (``fire``)::
+
+    python -m wsi cohort OUT --n_slides 12 --size "(4096, 3072)" --seed 0
 """
 
 from __future__ import annotations

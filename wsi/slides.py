@@ -107,8 +107,8 @@ def list_slides(slides: str | os.PathLike | list[SlideRecord]) -> list[SlideReco
     for r in records:
         if r.slide_id in seen:
             raise ValueError(
-                f"two slides in {source} have the id '{r.slide_id}' ('{seen[r.slide_id]}' and '{r.path}'); "
-                "add a slide_id column to tell them apart."
+                f"two slides in {source} have the id '{r.slide_id}' ('{seen[r.slide_id]}' and '{r.path}'); ids are "
+                "file stems unless a CSV gives a slide_id column: rename one or add that column."
             )
         seen[r.slide_id] = r.path
     return records

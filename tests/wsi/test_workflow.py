@@ -13,6 +13,7 @@ import tifffile
 
 import wsi.workflows as workflows
 from wsi.cohort import write_pyramid_tiff
+from wsi.slides import list_slides
 from wsi.workflows import TilingWorkflow, coords_path, thumbnail_path
 
 from .helpers import BUNDLE, run_cli
@@ -91,6 +92,18 @@ def test_csv_with_a_missing_column(tmp_path: Path, cmu_svs: Path, columns: list[
     with pytest.raises(ValueError, match=rf"slides.csv' has no column\(s\) \['{missing}'\]"):
         TilingWorkflow(csv, tmp_path / "out", progress=False).run()
     assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_directory_listing(tmp_path: Path) -> None:
+    for name in ("b.svs", "a.TIF", "notes.txt", "tile.png", "c.ndpi"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.svs").mkdir()
+    records = list_slides(tmp_path)
+    assert [r.slide_id for r in records] == ["a", "b", "c"]
+    assert all(r.path.is_absolute() and r.label is None for r in records)
+    (tmp_path / "b.tif").write_bytes(b"")
+    with pytest.raises(ValueError, match="have the id 'b'"):
+        list_slides(tmp_path)
 
 
 def test_slides_argument_errors(tmp_path: Path) -> None:

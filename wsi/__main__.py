@@ -1,0 +1,27 @@
+"""Command line of the ``wsi`` package (``fire``).
+
+    python -m wsi cohort OUT --n_slides 12 --size "(4096, 3072)" --seed 0   # real-tissue test cohort
+
+Tiling itself runs through the ``wsi_tiling`` bundle (``python -m monai.bundle run --config_file ...``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fire
+import pandas as pd
+
+from .cohort import build_cohort
+
+
+def _show(result: Any) -> Any:
+    return result.to_string(index=False) if isinstance(result, pd.DataFrame) else result
+
+
+def main() -> None:
+    fire.Fire({"cohort": build_cohort}, serialize=_show)
+
+
+if __name__ == "__main__":
+    main()
