@@ -20,115 +20,45 @@ NetworkBuilder = Callable[..., DistillNet]
 NETWORKS: Registry[NetworkBuilder] = Registry("network")
 
 
-@NETWORKS.register("convnet")
-def _convnet(
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    spatial_size: Sequence[int],
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    **kwargs: Any,
-) -> DistillNet:
-    """:class:`~monai_distill.networks.convnet.ConvNet`; ``kwargs``: ``act``, ``pooling``."""
-    return ConvNet(spatial_dims, in_channels, num_classes, spatial_size, width=width, depth=depth, norm=norm, **kwargs)
+def _register(name: str, build: Callable[..., DistillNet], uses: tuple[str, ...]) -> None:
+    """Register ``build`` under ``name``, passing on only the shared options (width/depth/norm) it ``uses``.
+
+    Networks with a fixed size or their own normalisation (LeNet, the MONAI nets) ignore the others, so one
+    config can name any architecture for cross-architecture evaluation.
+    """
+
+    def builder(
+        spatial_dims: int,
+        in_channels: int,
+        num_classes: int,
+        spatial_size: Sequence[int],
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "instance",
+        **kwargs: Any,
+    ) -> DistillNet:
+        shared = {"width": width, "depth": depth, "norm": norm}
+        kwargs.update({k: shared[k] for k in uses})
+        return build(spatial_dims, in_channels, num_classes, spatial_size, **kwargs)
+
+    builder.__doc__ = f"{getattr(build, '__name__', name)} with the shared options {uses or 'none'}."
+    NETWORKS.register(name, builder)
 
 
-@NETWORKS.register("resnetap10")
-def _resnetap10(
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    spatial_size: Sequence[int],
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    **kwargs: Any,
-) -> DistillNet:
-    """:class:`~monai_distill.networks.resnetap.ResNetAP` with one block per stage; ``depth`` is ignored;
-    ``kwargs``: ``act``, ``stem_pools``."""
-    return ResNetAP(spatial_dims, in_channels, num_classes, spatial_size, width=width, norm=norm, **kwargs)
-
-
-@NETWORKS.register("lenet")
-def _lenet(
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    spatial_size: Sequence[int],
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    **kwargs: Any,
-) -> DistillNet:
-    """:class:`~monai_distill.networks.classic.LeNet`; fixed size as in the reference (``width``, ``depth`` and
-    ``norm`` are ignored)."""
-    return LeNet(spatial_dims, in_channels, num_classes, spatial_size, **kwargs)
-
-
-@NETWORKS.register("alexnet")
-def _alexnet(
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    spatial_size: Sequence[int],
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    **kwargs: Any,
-) -> DistillNet:
-    """:class:`~monai_distill.networks.classic.AlexNet` (``width`` = first conv's channels; ``depth`` and ``norm``
-    are ignored: the reference has no normalisation)."""
-    return AlexNet(spatial_dims, in_channels, num_classes, spatial_size, width=width, **kwargs)
-
-
-@NETWORKS.register("resnet18")
-def _resnet18(
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    spatial_size: Sequence[int],
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    **kwargs: Any,
-) -> DistillNet:
-    """MONAI ResNet-18 with its own (batch) norm; ``width``, ``depth``, ``norm`` are ignored, ``kwargs`` go to
-    MONAI's ``ResNet``."""
-    return build_resnet18(spatial_dims, in_channels, num_classes, spatial_size, **kwargs)
-
-
-@NETWORKS.register("densenet121")
-def _densenet121(
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    spatial_size: Sequence[int],
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    **kwargs: Any,
-) -> DistillNet:
-    """MONAI DenseNet-121 with its own (batch) norm; ``width``, ``depth``, ``norm`` are ignored, ``kwargs`` go to
-    :func:`~monai_distill.networks.monai_nets.build_densenet121`."""
-    return build_densenet121(spatial_dims, in_channels, num_classes, spatial_size, **kwargs)
-
-
-@NETWORKS.register("vit")
-def _vit(
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    spatial_size: Sequence[int],
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    **kwargs: Any,
-) -> DistillNet:
-    """MONAI ViT sized by ``width``/``depth`` (see :func:`~monai_distill.networks.monai_nets.build_vit`); ``norm``
-    is ignored (layer norm throughout)."""
-    return build_vit(spatial_dims, in_channels, num_classes, spatial_size, width=width, depth=depth, **kwargs)
+# name, builder, shared options it uses; extra kwargs go straight to the builder (unknown ones raise TypeError):
+# convnet: act, pooling; resnetap10: act, stem_pools (one block per stage, depth ignored); lenet: fixed size;
+# alexnet: width = first conv's channels (no norm, as the reference); resnet18/densenet121: MONAI's own batch norm,
+# kwargs to MONAI; vit: hidden size 2*width, 2*depth layers, layer norm (see monai_nets.build_vit).
+for _name, _build, _uses in (
+    ("convnet", ConvNet, ("width", "depth", "norm")),
+    ("resnetap10", ResNetAP, ("width", "norm")),
+    ("lenet", LeNet, ()),
+    ("alexnet", AlexNet, ("width",)),
+    ("resnet18", build_resnet18, ()),
+    ("densenet121", build_densenet121, ()),
+    ("vit", build_vit, ("width", "depth")),
+):
+    _register(_name, _build, _uses)
 
 
 def get_network(
