@@ -68,37 +68,18 @@ class Preset:
         return dataclasses.asdict(self)
 
 
+_PAPER = Preset(
+    "paper", eval_models=10, eval_epochs=1000, eval_epochs_full=100, width=128, embed_epochs=50, forgetting_epochs=50
+)
 # 3D ConvNets cost about 30x more per image than 2D ones at 28 px, so ``quick`` is sized per spatial dims.
 PRESETS: dict[tuple[str, int], Preset] = {
-    ("paper", 2): Preset(
-        "paper",
-        eval_models=10,
-        eval_epochs=1000,
-        eval_epochs_full=100,
-        width=128,
-        embed_epochs=50,
-        forgetting_epochs=50,
-    ),
-    ("paper", 3): Preset(
-        "paper",
-        eval_models=10,
-        eval_epochs=1000,
-        eval_epochs_full=100,
-        width=128,
-        embed_epochs=50,
-        forgetting_epochs=50,
-    ),
+    ("paper", 2): _PAPER,
+    ("paper", 3): _PAPER,
     ("quick", 2): Preset(
         "quick", eval_models=3, eval_epochs=300, eval_epochs_full=20, width=32, embed_epochs=10, forgetting_epochs=10
     ),
     ("quick", 3): Preset(
-        "quick",
-        eval_models=3,
-        eval_epochs=100,
-        eval_epochs_full=5,
-        width=16,
-        eval_batch=64,
-        embed_epochs=3,
+        "quick", eval_models=3, eval_epochs=100, eval_epochs_full=5, width=16, eval_batch=64, embed_epochs=3,
         forgetting_epochs=3,
     ),
 }

@@ -55,7 +55,21 @@ def _config_hash(cfg: dict[str, Any]) -> str:
 
 
 class _Workflow:
-    """Shared set-up: device, preset, output directory, dataset loading and metrics writing."""
+    """Shared set-up: device, preset, output directory, dataset loading and metrics writing.
+
+    Args:
+        output_dir: where outputs go (created; must be writable).
+        dataset: MedMNIST flag or user data path.
+        dataset_dir: directory of MedMNIST files.
+        size: image size.
+        preset: ``quick`` or ``paper``.
+        seed: base seed.
+        device: ``cuda``/``cpu``/``None`` (cuda when available).
+        eval_models: K of the evaluation protocol (overrides the preset).
+        eval_epochs: epochs of the evaluation protocol (overrides the preset).
+        preset_overrides: further preset fields to override.
+        progress: show progress bars.
+    """
 
     def __init__(
         self,
@@ -124,59 +138,34 @@ class DistillWorkflow(_Workflow):
 
     Args:
         dataset: a MedMNIST flag, or the path of a user ``.npz`` (MedMNIST keys) or volume ``.csv`` (path,label).
-        dataset_dir: directory holding ``<flag>[_<size>].npz``.
         output_dir: where outputs go (created; must be writable).
         method: registered method name.
         ipc: images per class.
-        preset: ``quick`` or ``paper``.
-        seed: base seed of distillation and evaluation.
-        device: ``cuda``/``cpu``/``None`` (cuda when available).
         size: MedMNIST image size (28, 64, 128, 224).
         arch: network used inside the method.
         eval_arch: network of the evaluation protocol (default ``arch``).
-        eval_models: K, overrides the preset.
-        eval_epochs: overrides the preset.
-        preset_overrides: further preset fields to override.
         method_options: method-specific settings.
         resume: continue from the last checkpoint in ``output_dir`` (iterative methods).
         evaluate: run the evaluation protocol after distillation.
-        progress: show progress bars.
+        common: ``dataset_dir``, ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``,
+            ``preset_overrides``, ``progress`` (see :class:`_Workflow`).
     """
 
     def __init__(
         self,
         dataset: str,
-        dataset_dir: str,
         output_dir: str,
         method: str = "random",
         ipc: int = 10,
-        preset: str = "quick",
-        seed: int = 0,
-        device: str | None = None,
         size: int = 28,
         arch: str = "convnet",
         eval_arch: str | None = None,
-        eval_models: int | None = None,
-        eval_epochs: int | None = None,
-        preset_overrides: dict[str, Any] | None = None,
         method_options: dict[str, Any] | None = None,
         resume: bool = False,
         evaluate: bool = True,
-        progress: bool = True,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            output_dir,
-            dataset,
-            dataset_dir,
-            size,
-            preset,
-            seed,
-            device,
-            eval_models,
-            eval_epochs,
-            preset_overrides,
-            progress,
-        )
+        super().__init__(output_dir, dataset=dataset, size=size, **common)
         # Fail on names before any data is read or time is spent.
         self.method_cls = get_method(method)
         self.method = self.method_cls.name
@@ -274,7 +263,8 @@ class EvaluateWorkflow(_Workflow):
         dataset: dataset flag/path; default the one recorded in the set.
         dataset_dir: directory of the dataset files.
         size: image size; default the one recorded in the set.
-        preset, seed, device, eval_models, eval_epochs, preset_overrides, progress: as :class:`DistillWorkflow`.
+        common: ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``, ``preset_overrides``,
+            ``progress`` (see :class:`_Workflow`).
     """
 
     def __init__(
@@ -283,29 +273,10 @@ class EvaluateWorkflow(_Workflow):
         output_dir: str,
         arch: str | None = None,
         dataset: str | None = None,
-        dataset_dir: str = ".",
         size: int | None = None,
-        preset: str = "quick",
-        seed: int = 0,
-        device: str | None = None,
-        eval_models: int | None = None,
-        eval_epochs: int | None = None,
-        preset_overrides: dict[str, Any] | None = None,
-        progress: bool = True,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            output_dir,
-            dataset,
-            dataset_dir,
-            size,
-            preset,
-            seed,
-            device,
-            eval_models,
-            eval_epochs,
-            preset_overrides,
-            progress,
-        )
+        super().__init__(output_dir, dataset=dataset, size=size, **common)
         self.synthetic = str(synthetic)
         self.arch = str(arch).lower() if arch else None
         if self.arch:
