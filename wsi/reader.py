@@ -215,26 +215,36 @@ class Slide:
         w, h = self.info.dimensions[level]
         return self.read_region(0, 0, w, h, level)
 
+    def thumbnail_size(self) -> tuple[int, int] | None:
+        """``(width, height)`` of the scanner's stored thumbnail (openslide), if it has level 0's aspect ratio.
+
+        Read from the properties: asking ``"thumbnail" in associated_images`` would decode the image to answer.
+        """
+        if self.backend != "openslide":
+            return None
+        props = self.handle.properties
+        try:
+            tw = int(props["openslide.associated.thumbnail.width"])
+            th = int(props["openslide.associated.thumbnail.height"])
+        except (KeyError, ValueError):
+            return None
+        w0, h0 = self.info.dimensions[0]
+        if tw <= 0 or th <= 0 or abs((tw / th) / (w0 / h0) - 1.0) > 0.02:
+            return None  # a thumbnail of another region (or of the whole glass) would misplace the mask
+        return (tw, th)
+
     def associated_thumbnail(self) -> np.ndarray | None:
-        """The scanner's stored thumbnail as ``(H, W, 3)`` uint8, if the file has one with level 0's aspect ratio.
+        """The scanner's stored thumbnail as ``(H, W, 3)`` uint8 (see :meth:`thumbnail_size`), else ``None``.
 
         Single-level files (e.g. CMU-1-Small-Region) have no small pyramid level, and decoding all of level 0 just to
         draw a tissue mask costs as much as reading every patch; the stored thumbnail is a few hundred KB.
         """
-        if self.backend != "openslide":
-            return None
-        # ``"thumbnail" in associated_images`` would decode the image just to answer; the property is free
-        if "openslide.associated.thumbnail.width" not in self.handle.properties:
+        if self.thumbnail_size() is None:
             return None
         try:
-            thumb = np.asarray(self.handle.associated_images["thumbnail"].convert("RGB"))
+            return np.asarray(self.handle.associated_images["thumbnail"].convert("RGB"))
         except Exception:  # a damaged associated image is not fatal: the caller falls back to a level
             return None
-        w0, h0 = self.info.dimensions[0]
-        th, tw = thumb.shape[:2]
-        if abs((tw / th) / (w0 / h0) - 1.0) > 0.02:
-            return None
-        return thumb
 
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:

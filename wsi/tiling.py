@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -115,37 +116,65 @@ class SlideTiling:
 
 
 def read_mask_image(
-    slide: Slide, target_downsample: float, use_associated_thumbnail: bool = True, preview_size: int = 1024
+    slide: Slide,
+    target_downsample: float,
+    use_associated_thumbnail: bool = True,
+    preview_size: int = 1024,
+    block: int = 4096,
 ) -> MaskImage:
     """Read the cheapest image of the whole slide that is at least as fine as ``target_downsample``.
 
     Candidates are the pyramid levels and (openslide) the stored thumbnail. The coarsest candidate no coarser than the
-    target is read; if every candidate is coarser, the finest one is. The image is then reduced to the target.
+    target is read; if every candidate is coarser, the finest one is. The image is then reduced to the target. A level
+    larger than ``block`` x ``block`` is read block by block and reduced on the way, so memory stays bounded on a slide
+    without small levels.
 
     Args:
         slide: an open slide.
         target_downsample: wanted level-0 pixels per mask pixel.
         use_associated_thumbnail: consider the stored thumbnail.
         preview_size: longest side of the kept preview image.
+        block: side of the blocks a large level is read in.
     """
     info = slide.info
     w0, h0 = info.dimensions[0]
     candidates: list[tuple[float, str]] = [(info.downsamples[lvl], f"level {lvl}") for lvl in range(info.level_count)]
-    thumb = slide.associated_thumbnail() if use_associated_thumbnail else None
-    if thumb is not None:
-        candidates.append((w0 / thumb.shape[1], "associated thumbnail"))
+    thumb_size = slide.thumbnail_size() if use_associated_thumbnail else None
+    if thumb_size is not None:
+        candidates.append((w0 / thumb_size[0], "associated thumbnail"))
     fine_enough = [c for c in candidates if c[0] <= target_downsample * 1.001]
     ds, source = max(fine_enough) if fine_enough else min(candidates)
-    if source == "associated thumbnail":
-        image = thumb
-    else:
-        image = slide.read_level(int(source.split()[1]))
+    image = slide.associated_thumbnail() if source == "associated thumbnail" else None
+    if image is None:  # a level was chosen, or the thumbnail failed to decode
+        ds, source = max(c for c in (fine_enough or candidates) if c[1] != "associated thumbnail")
+        level = int(source.split()[1])
+        lw, lh = info.dimensions[level]
+        # reduce while reading only down to the preview size, so that the thumbnail PNG keeps its detail
+        factor = max(1, min(int(target_downsample / ds), math.ceil(max(lw, lh) / preview_size)))
+        image = _read_reduced(slide, level, factor, block) if lw * lh > block * block else slide.read_level(level)
+        ds = w0 / image.shape[1]
     preview = _shrink(image, preview_size / max(image.shape[:2]))
     factor = target_downsample / ds
     if factor > 1.25:  # reduce to the target so that the morphology sizes (in mask pixels) mean the same everywhere
         image = _shrink(image, 1.0 / factor)
     h, w = image.shape[:2]
     return MaskImage(image=image, source=source, downsample=(w0 / w, h0 / h), preview=preview)
+
+
+def _read_reduced(slide: Slide, level: int, factor: int, block: int) -> np.ndarray:
+    """Read ``level`` in blocks and average each ``factor`` x ``factor`` cell (exact area reduction, bounded memory)."""
+    lw, lh = slide.info.dimensions[level]
+    ds = slide.info.downsamples[level]
+    block = max(factor, block // factor * factor)  # whole cells per block, so blocks tile the output exactly
+    out = np.zeros((lh // factor, lw // factor, 3), dtype=np.uint8)
+    for by in range(0, out.shape[0] * factor, block):
+        for bx in range(0, out.shape[1] * factor, block):
+            bh = min(block, out.shape[0] * factor - by)
+            bw = min(block, out.shape[1] * factor - bx)
+            region = slide.read_region(round(bx * ds), round(by * ds), bw, bh, level).astype(np.float32)
+            cells = region.reshape(bh // factor, factor, bw // factor, factor, 3).mean(axis=(1, 3))
+            out[by // factor : (by + bh) // factor, bx // factor : (bx + bw) // factor] = np.round(cells)
+    return out
 
 
 def _shrink(image: np.ndarray, scale: float) -> np.ndarray:

@@ -13,6 +13,7 @@ from PIL import Image
 from wsi.datasets import SlidePatchDataset
 from wsi.grid import PatchGrid, patch_tissue_fractions
 from wsi.reader import Slide
+from wsi.tiling import read_mask_image
 from wsi.tissue import tile_tissue_fraction, tissue_mask
 from wsi.workflows import TilingWorkflow, coords_path, thumbnail_path
 
@@ -77,6 +78,19 @@ def test_patches_decode_to_he_colours(tiled, name: str) -> None:
     assert np.mean((g < r - 10) & (g < b - 5)) >= 0.9, np.asarray(means)
     assert np.mean((r + g + b) / 3 < 220) >= 0.9
     assert np.median(tissue) >= 0.5
+
+
+def test_mask_from_level_read_in_blocks_matches_whole_read(cmu_svs: Path) -> None:
+    """Without the stored thumbnail, CMU's only level is read; block-wise reading gives the same mask."""
+    with Slide(cmu_svs) as s:
+        whole = read_mask_image(s, 32, use_associated_thumbnail=False)
+        blocks = read_mask_image(s, 32, use_associated_thumbnail=False, block=512)
+    assert whole.source == blocks.source == "level 0"
+    assert max(blocks.preview.shape[:2]) > 512  # reduced only to the preview size while reading
+    a, b = tissue_mask(whole.image), tissue_mask(blocks.image)
+    h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    assert (a[:h, :w] == b[:h, :w]).mean() > 0.95
+    assert blocks.downsample == pytest.approx(whole.downsample, rel=0.02)
 
 
 @pytest.mark.parametrize("name", [CMU, TCGA])
