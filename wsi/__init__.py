@@ -10,7 +10,8 @@ Modules:
     tiling: :func:`tile_slide` (mask + grid of one slide).
     workflows: :class:`TilingWorkflow`, the cohort run of the ``wsi_tiling`` bundle (resumable, sharded by rank).
     datasets: :class:`SlidePatchDataset` (MONAI ``PatchWSIDataset`` over saved grids).
-    cohort: :func:`build_cohort`, pyramidal TIFF slides of real tissue with a known label.
+    cohort: :func:`build_cohort`, pyramidal TIFF slides of real tissue with a known label
+        (command line: ``python -m wsi cohort OUT --n_slides 12``).
 """
 
 from .cohort import build_cohort, load_pools, shared_data_dir, write_pyramid_tiff

@@ -34,10 +34,6 @@ class SlideRecord:
     split: str | None = None
 
 
-def _clean(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
-
-
 def _from_csv(csv_path: Path) -> list[SlideRecord]:
     try:
         # labels stay as written (strings); numeric labels are converted by whoever consumes them

@@ -103,8 +103,17 @@ class SlideTiling:
     mask_image: MaskImage
     n_candidates: int
 
-    def thumbnail(self, max_size: int = 1024) -> Image.Image:
+    def thumbnail(self, max_size: int = 1024, min_size: int = 512) -> Image.Image:
+        """The slide with the tissue mask and the kept grid drawn on it.
+
+        The image the mask came from is reused when it has at least ``min_size`` pixels on its long side; a smaller
+        one (e.g. the 1/16 level of a small slide) would not show the grid, so then a finer view is read.
+        """
         img = self.mask_image.preview if self.mask_image.preview is not None else self.mask_image.image
+        w0, h0 = self.grid.info.dimensions[0]
+        if max(img.shape[:2]) < min(min_size, max(w0, h0)):
+            with Slide(self.grid.slide_path, backend=self.grid.info.backend) as slide:
+                img = read_mask_image(slide, max(1.0, max(w0, h0) / max_size), preview_size=max_size).preview
         return draw_thumbnail(
             img,
             self.mask,

@@ -29,6 +29,8 @@ class TissueMaskConfig:
         threshold: saturation threshold in [0, 1], or ``"otsu"`` to compute it per slide.
         min_saturation: floor under the Otsu threshold; on a slide (or tile) that is all glass, Otsu still splits
             the noise in two, and this floor keeps that noise out of the mask.
+        max_saturation: ceiling over the Otsu threshold; on a slide of strongly stained tissue Otsu splits pale
+            tissue from dark tissue instead of glass from tissue (glass stays below ~0.05).
         min_value: pixels darker than this HSV value are not tissue (scanner borders, transparent regions, black ink).
         median_radius: radius of the median filter applied to the saturation channel (removes dust and noise).
         closing_radius: radius of the morphological closing that joins nuclei and stroma into one tissue region.
@@ -47,6 +49,7 @@ class TissueMaskConfig:
 
     threshold: float | str = "otsu"
     min_saturation: float = 0.07
+    max_saturation: float = 0.15
     min_value: float = 0.12
     median_radius: int = 1
     closing_radius: int = 2
@@ -141,7 +144,8 @@ def tissue_mask(image: np.ndarray, cfg: TissueMaskConfig | None = None) -> np.nd
     """Tissue mask of a low-resolution RGB image of a slide (or of a tile).
 
     Steps: HSV; median blur of saturation; pen marks removed by hue; saturation threshold (Otsu over the non-ink,
-    non-dark pixels, floored at ``min_saturation``); closing; small holes filled and small objects removed.
+    non-dark pixels, clipped to ``[min_saturation, max_saturation]``); closing; small holes filled and small objects
+    removed.
 
     Args:
         image: (H, W, 3) or (H, W, 4) uint8 image; alpha is ignored.
@@ -169,9 +173,9 @@ def tissue_mask(image: np.ndarray, cfg: TissueMaskConfig | None = None) -> np.nd
             raise ValueError(f"tissue mask threshold must be a number in [0, 1] or 'otsu', got '{cfg.threshold}'.")
         values = sat[candidates]
         thr = float(threshold_otsu(values)) if values.min() < values.max() else float(values.max())
+        thr = max(min(thr, cfg.max_saturation), cfg.min_saturation)
     else:
         thr = float(cfg.threshold)
-    thr = max(thr, cfg.min_saturation)
 
     mask = (sat > thr) & candidates
     if cfg.closing_radius > 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from wsi.datasets import SlidePatchDataset, load_grids
@@ -82,6 +83,12 @@ def test_text_labels_need_a_map(tiled_cohort: Path) -> None:
     assert {float(ds[i]["label"]) for i in (0, len(ds) - 1)} <= {0.0, 1.0}
     with pytest.raises(KeyError, match="not in label_map"):
         SlidePatchDataset(grids, label_map={"normal": 0})
+
+
+def test_cohort_thumbnails_show_the_grid(tiled_cohort: Path) -> None:
+    """The cohort's mask comes from its 1/16 level (64 px); the thumbnail is re-read finer so the grid shows."""
+    for png in (tiled_cohort / "thumbnails").glob("*.png"):
+        assert max(Image.open(png).size) == 1024
 
 
 def test_no_grids(tmp_path: Path) -> None:
