@@ -86,7 +86,7 @@ def test_text_labels_need_a_map(tiled_cohort: Path) -> None:
 
 
 def test_cohort_thumbnails_show_the_grid(tiled_cohort: Path) -> None:
-    """The cohort's mask comes from its 1/16 level (64 px); the thumbnail is re-read finer so the grid shows."""
+    """The cohort's mask comes from its 1/4 level (256 px wide); the thumbnail is re-read finer so the grid shows."""
     for png in (tiled_cohort / "thumbnails").glob("*.png"):
         assert max(Image.open(png).size) == 1024
 
