@@ -166,8 +166,8 @@ def main() -> None:
         "**plain** = `openslide.OpenSlide(...).read_region` over the same coordinates + `.convert('RGB')` to numpy, "
         "no mask. **reading only** = the dataset part alone (grid already made). Target: ours ≥ 0.8x plain. "
         "The whole path pays a fixed ~10-15 ms per slide (open twice + stored thumbnail or small level + mask) that "
-        "plain does not: it weighs most on a slide with few kept patches (CMU-1-Small-Region: 32). At 128 px a read "
-        "costs ~4x less, so the fixed per-item cost of a MONAI item (MetaTensor, metadata, ~0.07 ms) weighs more.",
+        "plain does not: it weighs most on a slide with few kept patches (CMU-1-Small-Region: about 30). At 128 px a "
+        "read costs ~4x less, so the fixed per-item cost of a MONAI item (MetaTensor, metadata, ~0.07 ms) weighs more.",
         "",
         "| slide | patch | kept / grid patches | plain loop (patches/s) | ours, whole path (patches/s) "
         "| ours / plain | ours, reading only (patches/s) | reading / plain |",
