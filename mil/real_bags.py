@@ -174,7 +174,9 @@ def make_real_bags(
     mine = shard(grids, rank, world)
     bar = tqdm(mine, desc="real bags", unit="slide", disable=None if progress else True)
     for grid in bar:
-        row = _make_one(grid, out, settings, label_map, backend, batch_size, num_workers)
+        thumbnail = Path(tiling_dir) / "thumbnails" / f"{grid.slide_id}.png"
+        extra = {"thumbnail": str(thumbnail.resolve())} if thumbnail.is_file() else {}
+        row = _make_one(grid, out, settings, label_map, backend, batch_size, num_workers, extra)
         rows_by_id[grid.slide_id] = row
         bar.set_postfix_str(f"{grid.slide_id}: {row['status']}")
     barrier()
@@ -202,6 +204,7 @@ def _make_one(
     backend: str | None,
     batch_size: int,
     num_workers: int,
+    extra_meta: dict[str, Any],
 ) -> dict[str, Any]:
     """Write one slide's bag (or skip it when an earlier run made the same one); return its manifest row."""
     start = time.perf_counter()
@@ -217,7 +220,7 @@ def _make_one(
         if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
             return {k: v for k, v in old.items() if k != "fingerprint"}
         bag = _read_bag(sub, label, backend or grid.info.backend, batch_size, num_workers,
-                        {"fingerprint": fingerprint, "n_tiled_patches": len(grid)})
+                        {"fingerprint": fingerprint, "n_tiled_patches": len(grid), **extra_meta})
         save_bag(bag, path)
         row.update(n_patches=len(bag), status=DONE)
     except Exception as e:  # one unreadable slide must not stop the cohort: record why and go on
