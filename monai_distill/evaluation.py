@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ from .presets import Preset
 __all__ = ["EvalResult", "classification_metrics", "evaluate_models", "evaluate_synthetic", "predict", "train_network"]
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, int], None]
+EpochHook = Callable[[int, torch.nn.Module], None]
+OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
 
 def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -34,6 +37,14 @@ def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     if target.ndim == 1:
         return F.cross_entropy(logits, target)
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def _recompute_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Closure for sharpness-aware optimizers: loss and gradients at the current (perturbed) weights, same batch."""
+    loss = _soft_cross_entropy(net(x), y)
+    net.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
 
 
 def train_network(
@@ -48,8 +59,13 @@ def train_network(
     augment: DiffAugment | None = None,
     on_batch: BatchHook | None = None,
     progress: tqdm | None = None,
+    *,
+    batch_size: int | None = None,
+    make_optimizer: OptimizerFactory | None = None,
+    decay_lr: bool = True,
+    on_epoch: EpochHook | None = None,
 ) -> torch.nn.Module:
-    """Train ``net`` with the protocol's SGD schedule; the one training loop used by evaluation and coresets.
+    """Train ``net`` with the protocol's SGD schedule; the one training loop of evaluation, coresets and experts.
 
     Args:
         net: the network (moved to ``device``).
@@ -63,12 +79,23 @@ def train_network(
         augment: DSA applied per batch with fresh per-sample parameters, or ``None``.
         on_batch: called as ``on_batch(indices, logits, epoch)`` after each step (forgetting statistics).
         progress: a tqdm bar advanced once per epoch.
+        batch_size: default ``preset.eval_batch``.
+        make_optimizer: builds the optimizer from the network (expert trajectories: plain SGD or a sharpness-aware
+            one); default SGD with the preset's momentum and weight decay. An optimizer whose ``needs_closure``
+            attribute is true gets a closure that recomputes the loss on the same batch (SAM-style two passes).
+        decay_lr: multiply the lr by 0.1 after half of the epochs (the protocol); experts train at a constant lr.
+        on_epoch: called as ``on_epoch(epoch, net)`` after each epoch (expert snapshots).
     """
     net = net.to(device).train()
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
+    if make_optimizer is None:
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+    else:
+        opt = make_optimizer(net)
+    milestones = [max(1, epochs // 2)] if decay_lr else []
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    needs_closure = bool(getattr(opt, "needs_closure", False))
     n = images.shape[0]
-    bs = min(preset.eval_batch, n)
+    bs = min(int(batch_size or preset.eval_batch), n)
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, bs):
@@ -83,10 +110,15 @@ def train_network(
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch} (lr={lr}).")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            if needs_closure:
+                opt.step(partial(_recompute_loss, net, x, y))
+            else:
+                opt.step()
             if on_batch is not None:
                 on_batch(idx, logits.detach(), epoch)
         sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch, net)
         if progress is not None:
             progress.update(1)
     return net.eval()

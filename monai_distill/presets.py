@@ -9,10 +9,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PRESETS", "Preset", "get_preset"]
+__all__ = ["CONFIG_DIR", "PRESETS", "Preset", "config_path", "deep_merge", "get_preset", "method_settings", "size_rule"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +101,76 @@ def get_preset(name: str, spatial_dims: int = 2, **overrides: Any) -> Preset:
         names = sorted({n for n, _ in PRESETS})
         raise KeyError(f"unknown preset '{name}'; valid presets: {', '.join(names)}.")
     return PRESETS[key].replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Method settings per dataset × method × ipc (``configs/<dataset>.json``), for the trajectory methods.
+# ---------------------------------------------------------------------------------------------------------------------
+CONFIG_DIR = Path(os.environ.get("MONAI_DISTILL_CONFIGS", Path(__file__).resolve().parents[1] / "configs"))
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``; nested mappings are merged key by key instead of replaced."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def size_rule(n_train: int, spatial_dims: int = 2) -> dict[str, Any]:
+    """Settings tied to the size of the train split (DESIGN, lessons from the reference MTT on BreastMNIST).
+
+    Small medical sets make expert epochs short, and a student that takes more steps than the expert overshoots
+    (normalised loss 15-85, then NaN). So: the expert batch is the power of two nearest below ``n/8`` (between 32
+    and 256), giving at least ~8 SGD steps per epoch; methods match ``expert_epochs = 2`` and the student takes at
+    most as many steps as the expert takes in those epochs, capped for cost (``syn_steps`` ≤ 20 in 2D, 10 in 3D).
+    PTM's student takes ``syn_steps`` steps at its last end step, fewer before.
+
+    Returns:
+        ``{"buffers": {"batch": b}, "syn_steps": s, "expert_epochs": 2}``.
+    """
+    batch = 2 ** math.floor(math.log2(max(1, n_train) / 8)) if n_train >= 256 else 32
+    batch = int(min(256, max(32, batch)))
+    teacher_steps = math.ceil(n_train / batch)
+    syn_steps = int(min(2 * teacher_steps, 20 if spatial_dims == 2 else 10))
+    return {"buffers": {"batch": batch}, "syn_steps": syn_steps, "expert_epochs": 2}
+
+
+def _resolve_auto(values: Any, rule: Mapping[str, Any]) -> Any:
+    """Replace every ``"auto"`` in a config by the :func:`size_rule` value of the same key."""
+    if isinstance(values, Mapping):
+        return {k: (rule.get(k) if v == "auto" else _resolve_auto(v, rule.get(k, {}) if isinstance(rule.get(k),
+                Mapping) else {})) for k, v in values.items()}
+    return values
+
+
+def config_path(dataset: str) -> Path:
+    """``configs/<flag>.json`` for a MedMNIST flag, else ``configs/default.json``."""
+    path = CONFIG_DIR / f"{Path(str(dataset)).stem.lower()}.json"
+    return path if path.is_file() else CONFIG_DIR / "default.json"
+
+
+def method_settings(
+    dataset: str, method: str, ipc: int, preset: str = "quick", n_train: int | None = None, spatial_dims: int = 2
+) -> dict[str, Any]:
+    """The settings of ``method`` at ``ipc`` for ``dataset`` under ``preset``, from ``configs/``.
+
+    A config file holds, per preset, ``common`` (every method listed), ``buffers`` (expert training) and
+    ``methods.<name>.{all, ipc<k>}``; they are merged in that order (later wins), with the buffers under the key
+    ``buffers``. Values ``"auto"`` follow :func:`size_rule` for ``n_train``. Methods a file does not list get ``{}``
+    (their own defaults); a bundle's ``method_options`` are merged on top by the workflow.
+    """
+    path = config_path(dataset)
+    if not path.is_file():
+        return {}
+    cfg = json.loads(path.read_text())
+    section = cfg.get("presets", {}).get(str(preset).lower())
+    if section is None or method not in section.get("methods", {}):
+        return {}
+    entry = section["methods"][method]
+    merged = deep_merge(section.get("common", {}), entry.get("all", {}))
+    merged = deep_merge(merged, entry.get(f"ipc{int(ipc)}", {}))
+    merged["buffers"] = deep_merge(section.get("buffers", {}), merged.get("buffers", {}))
+    if n_train is not None:
+        merged = _resolve_auto(merged, size_rule(n_train, spatial_dims))
+    return merged

@@ -9,21 +9,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
+import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
 from .data import RealDataset, SyntheticSet, load_dataset
 from .evaluation import EvalResult, evaluate_models, evaluate_synthetic
-from .methods import DistillConfig, get_method
+from .methods import DistillConfig, Distiller, get_method
 from .networks import NETWORKS
-from .presets import Preset, get_preset
+from .plotting import line_plot
+from .presets import Preset, deep_merge, get_preset, method_settings
 from .utils import (
+    atomic_path,
+    atomic_torch_save,
     atomic_write_json,
     check_output_dir,
     peak_memory_mb,
@@ -33,7 +40,11 @@ from .utils import (
     to_bool,
 )
 
-__all__ = ["DistillWorkflow", "EvaluateWorkflow", "is_main_process"]
+__all__ = ["BuffersWorkflow", "DistillWorkflow", "EvaluateWorkflow", "InterruptedRun", "is_main_process"]
+
+# Tests simulate a killed run: after this many iterations (and their checkpoint) the run stops with InterruptedRun.
+INTERRUPT_ENV = "MONAI_DISTILL_INTERRUPT_AT"
+CHECKPOINT_VERSION = 1
 
 logger = logging.getLogger("monai_distill")
 
@@ -130,11 +141,45 @@ class _Workflow:
         }
 
 
+class InterruptedRun(RuntimeError):
+    """Raised after ``$MONAI_DISTILL_INTERRUPT_AT`` iterations: a stand-in for a killed run in resume tests."""
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint keeps besides the distiller: where the loop is and what it logged."""
+
+    iteration: int = 0
+    seconds: float = 0.0  # distillation wall-clock, evaluations excluded, summed over resumed runs
+    history: list[dict[str, float]] = field(default_factory=list)
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _postfix(losses: dict[str, float]) -> dict[str, str]:
+    """Short progress-bar fields: every loss term, the target epoch ("end step") and the learned lr."""
+    names = {"end_epoch": "end", "syn_steps": "steps"}
+    return {names.get(k, k): (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in losses.items()}
+
+
 class DistillWorkflow(_Workflow):
     """Distil ``dataset`` with ``method`` into ``ipc`` images per class, save it, then evaluate it.
 
     Writes ``synthetic.pt`` (a :class:`SyntheticSet`), ``synthetic.png`` (class-by-ipc grid) and
-    ``metrics.json`` into ``output_dir``.
+    ``metrics.json`` into ``output_dir``; iterative methods also write ``checkpoint.pt`` (atomically, every
+    ``checkpoint_every`` iterations), ``losses.csv`` and ``loss_curve.png``, and with ``eval_every`` the evaluation
+    accuracy over distillation wall-clock time (``metrics.json["eval_history"]``, ``accuracy_over_time.png``) and a
+    PNG of the synthetic set at each evaluation (``progress/synthetic_itXXXXX.png``).
 
     Args:
         dataset: a MedMNIST flag, or the path of a user ``.npz`` (MedMNIST keys) or volume ``.csv`` (path,label).
@@ -144,9 +189,14 @@ class DistillWorkflow(_Workflow):
         size: MedMNIST image size (28, 64, 128, 224).
         arch: network used inside the method.
         eval_arch: network of the evaluation protocol (default ``arch``).
-        method_options: method-specific settings.
-        resume: continue from the last checkpoint in ``output_dir`` (iterative methods).
+        method_options: method-specific settings, merged over ``configs/<dataset>.json`` (see
+            :func:`~monai_distill.presets.method_settings`).
+        resume: continue from ``output_dir/checkpoint.pt`` (iterative methods); the final ``synthetic.pt`` is the
+            same as an uninterrupted run's on CPU.
         evaluate: run the evaluation protocol after distillation.
+        buffer_dir: root of the expert trajectory buffers (trajectory methods build missing experts there).
+        checkpoint_every: iterations between checkpoints (0: only at the end).
+        eval_every: iterations between evaluations during distillation (0: only the final one).
         common: ``dataset_dir``, ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``,
             ``preset_overrides``, ``progress`` (see :class:`_Workflow`).
     """
@@ -163,6 +213,9 @@ class DistillWorkflow(_Workflow):
         method_options: dict[str, Any] | None = None,
         resume: bool = False,
         evaluate: bool = True,
+        buffer_dir: str = "runs/buffers",
+        checkpoint_every: int = 50,
+        eval_every: int = 0,
         **common: Any,
     ) -> None:
         super().__init__(output_dir, dataset=dataset, size=size, **common)
@@ -180,35 +233,54 @@ class DistillWorkflow(_Workflow):
         self.method_options = dict(method_options or {})
         self.resume = to_bool(resume)
         self.evaluate = to_bool(evaluate)
+        self.buffer_dir = str(buffer_dir)
+        self.checkpoint_every = int(checkpoint_every or 0)
+        self.eval_every = int(eval_every or 0)
+        if self.checkpoint_every < 0 or self.eval_every < 0:
+            raise ValueError("checkpoint_every and eval_every must be >= 0.")
 
-    def run(self) -> dict[str, Any]:
-        """Distil, save, evaluate; return the metrics written to ``metrics.json``."""
-        check_output_dir(self.output_dir)
-        seed_everything(self.seed)
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoint.pt"
+
+    def _options(self, train: RealDataset, preset: Preset) -> dict[str, Any]:
+        """``configs/`` settings for (dataset, method, ipc, preset), then the bundle's ``method_options``."""
+        opts = method_settings(
+            self.dataset, self.method, self.ipc, preset.name, n_train=len(train), spatial_dims=train.spatial_dims
+        )
+        if getattr(self.method_cls, "uses_buffers", False):
+            opts.setdefault("buffer_dir", self.buffer_dir)
+        return deep_merge(opts, self.method_options)
+
+    def distiller(self) -> tuple[Distiller, RealDataset, Preset, dict[str, Any]]:
+        """Load the train split and build the configured distiller (not yet initialised)."""
         train = self._load("train")
         preset = self._preset(train.spatial_dims)
-        cfg = DistillConfig(ipc=self.ipc, arch=self.arch, preset=preset, seed=self.seed, options=self.method_options)
+        options = self._options(train, preset)
+        cfg = DistillConfig(ipc=self.ipc, arch=self.arch, preset=preset, seed=self.seed, options=options)
+        return self.method_cls(train, cfg, self.device), train, preset, options
+
+    def run(self) -> dict[str, Any]:
+        """Distil (checkpointing, evaluating along the way), save, evaluate; return the metrics of ``metrics.json``."""
+        check_output_dir(self.output_dir)
+        seed_everything(self.seed)
+        distiller, train, preset, options = self.distiller()
+        config = self._config(preset, options)
         reset_peak_memory(self.device)
+        test = self._load("test") if (self.evaluate or self.eval_every) else None
 
         start = time.perf_counter()
-        distiller = self.method_cls(train, cfg, self.device)
         distiller.init_synthetic()
-        if distiller.num_iterations:
-            bar = tqdm(range(distiller.num_iterations), desc=self.method, disable=not self.progress or None)
-            for it in bar:
-                bar.set_postfix(distiller.step(it))
-        syn = distiller.synthetic_set()
-        syn.meta.update(
-            preset=preset.name,
-            config_hash=_config_hash(self._config(preset)),
-            dataset_ref=self._dataset_ref(),
-            size=self.size,
-        )
-        distill_seconds = time.perf_counter() - start
+        progress = self._restore(distiller, config) if self.resume else _Progress()
+        if progress.iteration == 0:
+            progress.seconds = time.perf_counter() - start  # set-up (experts, init) counts as distillation time
+        if self.eval_every and progress.iteration == 0 and distiller.num_iterations:
+            self._evaluate_during(distiller, test, preset, config, progress)
+        self._loop(distiller, test, preset, config, progress)
 
-        if is_main_process():
-            syn.save(self.output_dir / "synthetic.pt")
-            syn.to_png(self.output_dir / "synthetic.png")
+        syn = self._finish(distiller, preset, config)
+        if distiller.num_iterations:
+            self._write_losses(progress)
         metrics: dict[str, Any] = {
             "method": self.method,
             "dataset": train.name,
@@ -216,30 +288,149 @@ class DistillWorkflow(_Workflow):
             "arch": self.arch,
             "n_synthetic": len(syn),
             "learned_lr": syn.lr,
-            "distill_seconds": distill_seconds,
-            "config": self._config(preset),
-            "data": train.describe() | {"test_n_images": None},
+            "distill_seconds": progress.seconds if distiller.num_iterations else time.perf_counter() - start,
+            "iterations": progress.iteration,
+            "resumed_from": progress.resumed_from,
+            "config": config,
+            "data": train.describe() | {"test_n_images": len(test) if test is not None else None},
         }
+        if progress.history:
+            metrics["final_losses"] = progress.history[-1]
         if self.evaluate:
-            test = self._load("test")
-            metrics["data"]["test_n_images"] = len(test)
-            result = evaluate_synthetic(
-                syn,
-                test,
-                self.eval_arch,
-                preset,
-                self.seed,
-                self.device,
-                progress=self.progress,
-            )
+            result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device,
+                                        progress=self.progress)
             metrics.update(self._common_metrics(preset, result))
+            if self.eval_every:
+                self._record_eval(progress, result, preset)
+                self._plot_accuracy(progress)
         else:
             metrics.update(preset=preset.name, seed=self.seed, device=str(self.device), machine=_machine())
+        if progress.eval_history:
+            metrics["eval_history"] = progress.eval_history
         metrics["peak_memory_mb"] = peak_memory_mb(self.device)
         self._write_metrics(metrics)
         return metrics
 
-    def _config(self, preset: Preset) -> dict[str, Any]:
+    # ------------------------------------------------------------------ the loop
+    def _loop(self, distiller: Distiller, test: RealDataset | None, preset: Preset, config: dict[str, Any],
+              progress: _Progress) -> None:
+        n = distiller.num_iterations
+        stop_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
+        bar = tqdm(range(progress.iteration, n), initial=progress.iteration, total=n, desc=self.method,
+                   disable=not self.progress or None)
+        for it in bar:
+            tick = time.perf_counter()
+            losses = distiller.step(it)
+            progress.seconds += time.perf_counter() - tick
+            progress.iteration = it + 1
+            progress.history.append({"iteration": it, **losses})
+            bar.set_postfix(_postfix(losses))
+            done = progress.iteration
+            if self.eval_every and done % self.eval_every == 0 and done < n:
+                self._evaluate_during(distiller, test, preset, config, progress)
+            if done == n or (self.checkpoint_every and done % self.checkpoint_every == 0):
+                self._checkpoint(distiller, config, progress)
+            if stop_at and done == stop_at and done < n:
+                raise InterruptedRun(f"{self.method}: interrupted after iteration {done} (${INTERRUPT_ENV}).")
+        bar.close()
+
+    def _finish(self, distiller: Distiller, preset: Preset, config: dict[str, Any]) -> SyntheticSet:
+        syn = distiller.synthetic_set()
+        syn.meta.update(
+            preset=preset.name,
+            config_hash=_config_hash(config),
+            dataset_ref=self._dataset_ref(),
+            size=self.size,
+        )
+        if is_main_process():
+            syn.save(self.output_dir / "synthetic.pt")
+            syn.to_png(self.output_dir / "synthetic.png")
+        return syn
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, distiller: Distiller, config: dict[str, Any], progress: _Progress) -> None:
+        if not is_main_process():
+            return
+        state = {
+            "format_version": CHECKPOINT_VERSION,
+            "method": self.method,
+            "config_hash": _config_hash(config),
+            "distiller": distiller.state_dict(),
+            "progress": {
+                "iteration": progress.iteration,
+                "seconds": progress.seconds,
+                "history": progress.history,
+                "eval_history": progress.eval_history,
+            },
+            "rng": _rng_state(),
+        }
+        atomic_torch_save(state, self.checkpoint_path)
+
+    def _restore(self, distiller: Distiller, config: dict[str, Any]) -> _Progress:
+        """Load ``checkpoint.pt`` into ``distiller``; a missing checkpoint starts from scratch (logged)."""
+        if not self.checkpoint_path.is_file():
+            logger.info("resume: no checkpoint in %s, starting from iteration 0", self.output_dir)
+            return _Progress()
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("config_hash") != _config_hash(config):
+            raise ValueError(
+                f"{self.checkpoint_path} was written by a run with another configuration (method, dataset, ipc, "
+                "preset or options differ); resume with the same settings or use a new output_dir."
+            )
+        distiller.load_state_dict(state["distiller"])
+        _set_rng_state(state["rng"])
+        p = state["progress"]
+        logger.info("resumed %s from iteration %d", self.method, p["iteration"])
+        return _Progress(p["iteration"], p["seconds"], list(p["history"]), list(p["eval_history"]), p["iteration"])
+
+    # ------------------------------------------------------------------ evaluation over time
+    def _evaluate_during(self, distiller: Distiller, test: RealDataset | None, preset: Preset,
+                         config: dict[str, Any], progress: _Progress) -> None:
+        syn = distiller.synthetic_set()
+        if is_main_process():
+            syn.to_png(self.output_dir / "progress" / f"synthetic_it{progress.iteration:05d}.png")
+        result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device, progress=False)
+        self._record_eval(progress, result, preset)
+        self._plot_accuracy(progress)
+        self._write_losses(progress)
+
+    @staticmethod
+    def _record_eval(progress: _Progress, result: EvalResult, preset: Preset) -> None:
+        s = result.summary
+        progress.eval_history.append({
+            "iteration": progress.iteration,
+            "distill_seconds": progress.seconds,
+            "test_acc_mean": s["test_acc_mean"],
+            "test_acc_std": s["test_acc_std"],
+            "test_auc_mean": s["test_auc_mean"],
+            "n_eval_models": len(result.per_model),
+        })
+
+    def _plot_accuracy(self, progress: _Progress) -> None:
+        if not is_main_process() or not progress.eval_history:
+            return
+        xs = [e["distill_seconds"] for e in progress.eval_history]
+        ys = [100 * e["test_acc_mean"] for e in progress.eval_history]
+        line_plot({self.method: (xs, ys)}, self.output_dir / "accuracy_over_time.png", markers=True,
+                  title=f"{self.method}: test accuracy during distillation", xlabel="distillation seconds",
+                  ylabel="accuracy %")
+
+    def _write_losses(self, progress: _Progress) -> None:
+        """``losses.csv`` (every iteration) and ``loss_curve.png`` (every loss term, log scale where positive)."""
+        if not is_main_process() or not progress.history:
+            return
+        keys = list(dict.fromkeys(k for row in progress.history for k in row))
+        with atomic_path(self.output_dir / "losses.csv") as tmp:
+            lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys) for row in progress.history]
+            tmp.write_text("\n".join(lines) + "\n")
+        skip = {"iteration", "end_epoch", "syn_steps", "lr"}
+        its = [row["iteration"] for row in progress.history]
+        series = {k: (its, [row.get(k, float("nan")) for row in progress.history]) for k in keys if k not in skip}
+        positive = all(v > 0 for _, ys in series.values() for v in ys if v == v)
+        line_plot(series, self.output_dir / "loss_curve.png", title=f"{self.method}: loss terms",
+                  xlabel="iteration", ylabel="loss", log_y=positive)
+
+    def _config(self, preset: Preset, options: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "size": self.size,
@@ -249,8 +440,45 @@ class DistillWorkflow(_Workflow):
             "arch": self.arch,
             "eval_arch": self.eval_arch,
             "preset": preset.to_dict(),
-            "method_options": self.method_options,
+            "method_options": self.method_options if options is None else options,
         }
+
+
+class BuffersWorkflow(DistillWorkflow):
+    """Build the expert trajectory buffer that ``method`` would use, and nothing else (``buffers.json``).
+
+    Takes the same arguments as :class:`DistillWorkflow`, so that the buffer settings come from the same
+    ``configs/`` entry and ``method_options``; under ``torchrun`` the experts are split across ranks. Writes
+    ``output_dir/buffers.json`` (directory, settings, experts trained by this run, seconds).
+    """
+
+    def run(self) -> dict[str, Any]:
+        if not getattr(self.method_cls, "uses_buffers", False):
+            raise ValueError(f"method '{self.method}' does not use expert buffers; use mtt, ftd, datm, ptm or hoptm.")
+        check_output_dir(self.output_dir)
+        seed_everything(self.seed)
+        distiller, train, preset, _ = self.distiller()
+        start = time.perf_counter()
+        buf = distiller.expert_buffer()
+        trained = buf.build(train, distiller.net_factory, distiller.buffer_settings, preset, self.device,
+                            progress=self.progress)
+        buf.load(distiller.buffer_settings)
+        info = {
+            "method": self.method,
+            "dataset": train.name,
+            "buffer_dir": str(buf.directory),
+            "num_experts": buf.num_experts,
+            "epochs": buf.num_epochs,
+            "num_params": buf.num_params,
+            "settings": distiller.buffer_settings.to_dict(),
+            "trained_now": trained,
+            "seconds": time.perf_counter() - start,
+            "device": str(self.device),
+            "machine": _machine(),
+        }
+        if is_main_process():
+            atomic_write_json(info, self.output_dir / "buffers.json")
+        return info
 
 
 class EvaluateWorkflow(_Workflow):

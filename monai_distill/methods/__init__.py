@@ -15,6 +15,31 @@ __all__ = [
     "method_names",
 ]
 
+# Trajectory matching (issue 6): registering the classes is what importing these modules does.
+from .buffers import BufferSettings, ExpertBuffer, flat_parameters, train_expert
+from .datm import DATM
+from .ftd import FTD
+from .hoptm import HoPTM
+from .mtt import MTT
+from .ptm import PTM
+from .trajectory import DivergenceError, FunctionalNet, TrajectoryDistiller, TrajectoryOptions
+
+__all__ += [
+    "DATM",
+    "FTD",
+    "MTT",
+    "PTM",
+    "BufferSettings",
+    "DivergenceError",
+    "ExpertBuffer",
+    "FunctionalNet",
+    "HoPTM",
+    "TrajectoryDistiller",
+    "TrajectoryOptions",
+    "flat_parameters",
+    "train_expert",
+]
+
 # Gradient and distribution matching (issue 5): DC, DSA, DM; importing the modules registers them.
 from .distribution_matching import DM  # noqa: E402
 from .gradient_matching import DC, DSA, GradientMatching  # noqa: E402
