@@ -97,6 +97,8 @@ def _fingerprint(grid: PatchGrid, label: int, settings: dict[str, Any]) -> str:
 
 def _read_bag(grid: PatchGrid, label: int, backend: str, batch_size: int, num_workers: int, meta: dict) -> Bag:
     """Read every patch of ``grid`` into one uint8 bag."""
+    if not Path(grid.slide_path).is_file():
+        raise FileNotFoundError(f"slide file '{grid.slide_path}' does not exist (moved since it was tiled?).")
     dataset = SlidePatchDataset([grid], backend=backend, include_label=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     try:
