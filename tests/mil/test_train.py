@@ -1,0 +1,129 @@
+"""The trainer on the real-tissue cohort: every head learns it, early stopping, checkpoints, predictions, heatmaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from mil.bags import Bag, BagDirectory, BagError
+from mil.heatmap import draw_heatmap, rank_normalize, save_attention_heatmap
+from mil.train import MILTrainer, collate_bags, torch_threads
+from mil.workflows import stratified_split
+
+NAMES = ["clam_sb", "clam_mb", "dsmil", "transmil", "abmil", "mean", "max"]
+
+
+def _trainer(name: str = "abmil", **kw) -> MILTrainer:
+    return MILTrainer(name, 128, 2, device="cpu", progress=False, **{"patience": None, **kw})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_head_learns_the_cohort(name: str, feature_bags: list[Bag]) -> None:
+    """Default head sizes, fixed seed, all ten slides: the training AUC must be clearly above chance."""
+    trainer = _trainer(name, epochs=12, seed=0)
+    result = trainer.fit(feature_bags)
+    m = trainer.predict(feature_bags).metrics()
+    assert m["auc"] >= 0.9, f"{name}: train AUC {m['auc']:.3f}"
+    losses = [h["train_loss"] for h in result.history]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert result.epochs_run == 12 and result.seconds_per_epoch > 0
+
+
+def test_early_stopping_keeps_the_best_epoch(feature_bags: list[Bag]) -> None:
+    """Validation bags with flipped labels get worse as training fits the real ones: the first epoch is best."""
+    flipped = [Bag(b.slide_id, 1 - b.label, features=b.features) for b in feature_bags]
+    trainer = _trainer(epochs=30, patience=3, seed=0)
+    result = trainer.fit(feature_bags, flipped)
+    assert result.stopped_early and result.best_epoch == 1 and result.epochs_run == 4
+    assert {"val_auc", "val_acc", "val_loss"} <= set(result.history[0])
+    one_epoch = _trainer(epochs=1, seed=0)
+    one_epoch.fit(feature_bags)
+    torch.testing.assert_close(trainer.predict(feature_bags).probs, one_epoch.predict(feature_bags).probs)
+
+
+def test_checkpoint_round_trip(tmp_path: Path, feature_bags: list[Bag]) -> None:
+    trainer = _trainer("clam_mb", epochs=2, head_options={"hidden_dim": 64, "k_sample": 2})
+    trainer.fit(feature_bags)
+    path = trainer.save(tmp_path / "model.pt", {"encoder": {"name": "resnetap10"}})
+    loaded, extra = MILTrainer.load(path, device="cpu")
+    assert extra == {"encoder": {"name": "resnetap10"}} and loaded.head_options == {"hidden_dim": 64, "k_sample": 2}
+    torch.testing.assert_close(loaded.predict(feature_bags).probs, trainer.predict(feature_bags).probs)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a monai-distill-mil checkpoint"):
+        MILTrainer.load(tmp_path / "other.pt")
+
+
+def test_predictions_table_and_metrics(tmp_path: Path, feature_bags: list[Bag]) -> None:
+    trainer = _trainer(epochs=2)
+    trainer.fit(feature_bags)
+    preds = trainer.predict(feature_bags)
+    assert set(preds.metrics()) == {"auc", "acc", "balanced_acc", "loss"}
+    assert [len(s) for s in preds.instance_scores] == [len(b) for b in feature_bags]
+    table = pd.read_csv(preds.to_csv(tmp_path / "predictions.csv"))
+    assert list(table.columns) == ["slide_id", "source", "label", "pred", "prob_0", "prob_1"]
+    assert table.slide_id.tolist() == [b.slide_id for b in feature_bags]
+    assert np.allclose(table.prob_0 + table.prob_1, 1, atol=1e-5)
+
+
+def test_padded_batches_amp_flag_threads_and_errors(feature_bags: list[Bag]) -> None:
+    x, mask, labels = collate_bags(feature_bags[:3])
+    assert labels.tolist() == [b.label for b in feature_bags[:3]]
+    assert x.shape == (3, max(len(b) for b in feature_bags[:3]), 128) and mask.sum() == sum(map(len, feature_bags[:3]))
+    trainer = _trainer("transmil", epochs=1, batch_size=4, amp=True, num_threads=1,
+                       head_options={"dim": 32, "heads": 2, "num_landmarks": 8})
+    assert trainer.amp is False  # AMP is CUDA-only
+    torch.set_num_threads(2)
+    trainer.fit(feature_bags)
+    assert torch.get_num_threads() == 2
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(BagError, match="labels >= num_classes"):
+        trainer.fit([Bag("z", 5, features=torch.randn(3, 128))])
+    with pytest.raises(BagError, match="no features"):
+        collate_bags([Bag("p", 0, patches=torch.zeros(2, 3, 4, 4))])
+
+
+def test_stratified_split(feature_bags: list[Bag]) -> None:
+    train, val = stratified_split(feature_bags, 0.2, seed=0)
+    assert len(val) == 2 and {b.label for b in val} == {0, 1} and len(train) == 8
+    assert stratified_split(feature_bags, 0.2, seed=0)[1][0].slide_id == val[0].slide_id
+    assert stratified_split(feature_bags, 0.0, seed=0)[1] == []
+    assert stratified_split(feature_bags[:3], 0.5, seed=0)[1] == []  # one class cannot spare a bag
+
+
+def test_heatmap_over_the_slide(tmp_path: Path, real_bags: BagDirectory, feature_bags: list[Bag]) -> None:
+    trainer = _trainer(epochs=2)
+    trainer.fit(feature_bags)
+    bag = real_bags[0]
+    scores = trainer.predict([feature_bags[0]]).instance_scores[0]
+    path = save_attention_heatmap(bag, scores, tmp_path / "heatmaps" / "slide.png", size=256)
+    image = Image.open(path)
+    assert image.width == 256 and image.height > 192  # slide at 256 x 192 plus the colour bar
+    with pytest.raises(BagError, match="heatmaps need a real bag"):
+        save_attention_heatmap(Bag("syn", 1, patches=torch.zeros(2, 3, 4, 4), source="synthetic"), [1, 2], path)
+
+
+def test_draw_heatmap_colours_only_patches() -> None:
+    background = np.full((40, 40, 3), 200, dtype=np.uint8)
+    image = np.asarray(draw_heatmap(background, (400, 400), np.array([[0, 0], [200, 200]]), 100, [0.0, 1.0],
+                                    alpha=1.0, legend=False))
+    assert image.shape == (40, 40, 3)
+    assert (image[30, 5] == 200).all()  # no patch there
+    assert image[5, 5, 2] > image[5, 5, 0] and image[25, 25, 0] > image[25, 25, 2]  # low = blue, high = red
+    assert rank_normalize([3.0, 1.0, 2.0]).tolist() == [1.0, 0.0, 0.5] and rank_normalize([7.0]).tolist() == [1.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_amp_training(name: str, feature_bags: list[Bag]) -> None:
+    trainer = MILTrainer(name, 128, 2, device="cuda", amp=True, epochs=3, patience=None, progress=False)
+    assert trainer.amp
+    result = trainer.fit(feature_bags)
+    assert np.isfinite([h["train_loss"] for h in result.history]).all()
+    assert np.isfinite(trainer.predict(feature_bags).probs.numpy()).all()
