@@ -39,7 +39,7 @@ from .bags import Bag, BagDirectory, BagError
 from .features import EncoderConfig, FeatureExtractor
 from .heatmap import save_attention_heatmap
 from .real_bags import make_real_bags
-from .train import MILTrainer, Predictions, TrainConfig, TrainResult
+from .train import MILTrainer, Predictions, TrainConfig, TrainResult, torch_threads
 
 __all__ = ["MILEvaluateWorkflow", "MILTrainWorkflow", "real_test_bags", "stratified_split"]
 
@@ -330,6 +330,10 @@ class MILTrainWorkflow(_MILWorkflowBase):
     def run(self) -> dict[str, Any]:
         """Train and evaluate; returns the metrics (rank 0; other ranks return ``{}``)."""
         check_output_dir(self.output_dir)
+        with torch_threads(self.num_threads):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         train_dir = BagDirectory(self.train_bags)
         train = list(train_dir)
         reference = next((b for b in train if b.patches is not None), train[0])
@@ -418,6 +422,10 @@ class MILEvaluateWorkflow(_MILWorkflowBase):
     def run(self) -> dict[str, Any]:
         """Evaluate; returns the metrics (rank 0; other ranks return ``{}``)."""
         check_output_dir(self.output_dir)
+        with torch_threads(self.num_threads):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         overrides = {"device": self.device, "amp": self.amp, "num_threads": self.num_threads, "progress": self.progress}
         trainer, extra = MILTrainer.load(self.checkpoint, **overrides)
         if "encoder" not in extra:
