@@ -16,12 +16,26 @@ The pipeline around them, one module per step:
     workflows: what the ``mil_slide_classification`` bundle runs (train on bags, evaluate on real held-out slides).
 """
 
-from .bags import Bag, BagDirectory, BagError, load_bag, save_bag, write_bag_manifest
-from .features import EncoderConfig, FeatureExtractor, FrozenEncoder
+from importlib import import_module
+from typing import Any
+
 from .heads import MIL_HEADS, MILHead, MILOutput, get_mil_head
-from .heatmap import save_attention_heatmap
-from .real_bags import make_real_bags
-from .train import MILTrainer, Predictions, TrainConfig
+
+# The pipeline is imported on first use: ``import mil.bags`` (what a distiller writing synthetic bags needs) then
+# stays light and cannot form an import cycle with the distillation engine that the trainer uses for metrics.
+_LAZY = {
+    "Bag": "bags", "BagDirectory": "bags", "BagError": "bags", "load_bag": "bags", "save_bag": "bags",
+    "write_bag_manifest": "bags", "EncoderConfig": "features", "FeatureExtractor": "features",
+    "FrozenEncoder": "features", "save_attention_heatmap": "heatmap", "make_real_bags": "real_bags",
+    "MILTrainer": "train", "Predictions": "train", "TrainConfig": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'mil' has no attribute '{name}'")
+
 
 __all__ = [
     "MIL_HEADS",
