@@ -1,0 +1,124 @@
+"""PTM's cost claim (seed 000, Sec. 5.1.2): test accuracy against distillation wall-clock time and peak memory for
+PTM, FTD and MTT, in one invocation on the same machine, with the same expert buffer and iteration budget.
+
+The experts are built first (``buffers.json``) so that no run pays for them; each method then runs in its own process
+with ``--eval_every`` evaluations (``metrics.json["eval_history"]``: accuracy at distillation seconds, evaluations
+excluded). Reported: the final accuracy, the first time each method reaches FTD's final accuracy, seconds per
+iteration and the process's peak memory (peak RSS on CPU, max allocated on CUDA). Writes
+``benchmarks/results/ptm_cost.md`` and ``ptm_cost.png``. Resumable like the other benchmarks.
+
+Usage (repo root)::
+
+    python benchmarks/ptm_cost.py                                   # breastmnist ipc 2, quick preset
+    python benchmarks/ptm_cost.py --iterations 12 --eval_every 4 --width 8 --eval_epochs 20 \\
+        --work_dir runs/bench_cost_check --out runs/bench_cost_check/ptm_cost.md      # a check
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from trajectory_common import BUNDLE, DATA, REPO, dims, fmt, machine, run_bundle, write_md
+
+from monai_distill.plotting import line_plot
+
+METHODS = ("ptm", "ftd", "mtt")
+
+
+def first_time_at(history: list[dict], target: float) -> float | None:
+    """Distillation seconds of the first evaluation at or above ``target`` accuracy."""
+    return next((e["distill_seconds"] for e in history if e["test_acc_mean"] >= target - 1e-12), None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="breastmnist")
+    p.add_argument("--ipc", type=int, default=2)
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--iterations", type=int, default=None, help="default: the config's num_iterations")
+    p.add_argument("--eval_every", type=int, default=20)
+    p.add_argument("--eval_models", type=int, default=5)
+    p.add_argument("--eval_epochs", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dataset_dir", default=str(DATA))
+    p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_ptm_cost"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ptm_cost.md"))
+    args = p.parse_args()
+    work, out_md = Path(args.work_dir), Path(args.out)
+    config = BUNDLE[dims(args.dataset)]
+    start = time.perf_counter()
+    opts = {"buffers": {"flat": True}}
+    if args.iterations:
+        opts["num_iterations"] = args.iterations
+    common = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "seed": args.seed,
+              "device": args.device, "dataset_dir": args.dataset_dir, "buffer_dir": work / "buffers",
+              "method_options": opts}
+    if args.width:
+        common["preset_overrides"] = {"width": args.width}
+    run_bundle(work / "buffers_build", [f"{config}/train.json", f"{config}/buffers.json"], args.threads,
+               method="ptm", metrics_name="buffers.json", **common)
+    results = {}
+    for method in METHODS:
+        extra = {"eval_every": args.eval_every, "eval_models": args.eval_models}
+        if args.eval_epochs:
+            extra["eval_epochs"] = args.eval_epochs
+        results[method] = run_bundle(work / method, f"{config}/train.json", args.threads, method=method,
+                                     **common, **extra)
+        print(method, fmt(results[method]), f"{results[method]['distill_seconds']:.0f}s", flush=True)
+
+    ftd = results["ftd"]
+    target = ftd["test_acc_mean"]
+    rows = []
+    for method, m in results.items():
+        reach = first_time_at(m["eval_history"], target)
+        per_it = m["distill_seconds"] / max(1, m["iterations"])
+        ratio = f"{reach / ftd['distill_seconds']:.2f}" if reach is not None else "never"
+        rows.append(f"| {method} | {fmt(m)} | {m['distill_seconds']:.0f} | {per_it:.2f} | "
+                    f"{'–' if reach is None else f'{reach:.0f}'} | {ratio} | {m['peak_memory_mb']:.0f} |")
+    ptm = results["ptm"]
+    reach = first_time_at(ptm["eval_history"], target)
+    time_ok = reach is not None and reach <= ftd["distill_seconds"] / 3
+    mem_ok = ptm["peak_memory_mb"] <= ftd["peak_memory_mb"]
+    lines = [
+        f"# PTM cost: accuracy over distillation time and peak memory ({args.dataset}, ipc {args.ipc})",
+        "",
+        f"Preset `{args.preset}`{f' (width {args.width})' if args.width else ''}, seed {args.seed}, "
+        f"{args.eval_models} evaluation networks per point, evaluation every {args.eval_every} iterations, same "
+        f"flat expert buffer and iteration budget for the three methods, device `{args.device}`, machine: "
+        f"{machine(args.device, args.threads)}. Command: `python benchmarks/ptm_cost.py`. Wall time of this "
+        f"invocation {(time.perf_counter() - start) / 60:.1f} min. Seconds are distillation wall-clock (set-up "
+        "included, evaluations excluded); peak memory is the run's process peak (RSS on CPU: it includes the "
+        "data and the evaluation networks, identical for the three).",
+        "",
+        "| method | final accuracy % | distill s | s / iteration | s to reach FTD's final accuracy | "
+        "that / FTD's total time | peak memory MiB |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "## Targets",
+        "",
+        f"- PTM reaches FTD's final accuracy ({100 * target:.1f} %) in at most 1/3 of FTD's time (seed: 1/6): "
+        + ("met" if time_ok else "missed")
+        + (f" ({reach:.0f} s vs FTD's {ftd['distill_seconds']:.0f} s, ratio {reach / ftd['distill_seconds']:.2f})."
+           if reach is not None else " (PTM never reached it within the budget)."),
+        f"- PTM's peak memory at or below FTD's: {'met' if mem_ok else 'missed'} ({ptm['peak_memory_mb']:.0f} vs "
+        f"{ftd['peak_memory_mb']:.0f} MiB).",
+        "",
+        f"![accuracy over time]({out_md.stem}.png)",
+    ]
+    write_md(out_md, lines)
+    series = {m: ([e["distill_seconds"] for e in r["eval_history"]], [100 * e["test_acc_mean"]
+                                                                      for e in r["eval_history"]])
+              for m, r in results.items()}
+    line_plot(series, out_md.with_suffix(".png"), title=f"{args.dataset} ipc {args.ipc}: accuracy over time",
+              xlabel="distillation seconds", ylabel="accuracy %", markers=True)
+
+
+if __name__ == "__main__":
+    main()

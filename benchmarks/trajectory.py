@@ -1,0 +1,130 @@
+"""Trajectory-matching table: random, herding, MTT, FTD, DATM, HoP-TM, PTM and full train on real MedMNIST.
+
+BreastMNIST and PneumoniaMNIST (2D) and AdrenalMNIST3D (3D) at ipc 2 and 10, mean ± std test accuracy over
+``--eval_models`` (≥ 5) evaluation networks. Every trajectory method uses the same expert buffer (flat GSAM experts
+of the dataset's ``configs/`` entry, one directory per dataset) and the same iteration budget (``num_iterations`` of
+the preset's config, or ``--iterations``). Writes ``benchmarks/results/trajectory.md`` and one PNG per dataset
+(accuracy against ipc). Resumable: finished runs are skipped, unfinished ones continue from their checkpoint.
+
+Usage (repo root)::
+
+    python benchmarks/trajectory.py                       # the full table, quick preset (hours on a 2-core CPU)
+    python benchmarks/trajectory.py --datasets breastmnist --ipcs 2 --iterations 10 --width 8 \\
+        --eval_epochs 20 --work_dir runs/bench_traj_check --out runs/bench_traj_check/trajectory.md   # a check
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from trajectory_common import BUNDLE, DATA, REPO, dims, fmt, machine, run_bundle, write_md
+
+from monai_distill.plotting import line_plot
+
+TRAJECTORY = ("mtt", "ftd", "datm", "hoptm", "ptm")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist", "adrenalmnist3d"])
+    p.add_argument("--methods", nargs="+", default=["random", "herding", "mtt", "ftd", "datm", "hoptm", "ptm"])
+    p.add_argument("--ipcs", nargs="+", type=int, default=[2, 10])
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--eval_models", type=int, default=5)
+    p.add_argument("--eval_epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--iterations", type=int, default=None, help="default: the config's num_iterations")
+    p.add_argument("--width", type=int, default=None, help="default: the preset's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--dataset_dir", default=str(DATA))
+    p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
+    args = p.parse_args()
+    work, out_md = Path(args.work_dir), Path(args.out)
+    start = time.perf_counter()
+    common = {"preset": args.preset, "seed": args.seed, "device": args.device, "dataset_dir": args.dataset_dir,
+              "eval_models": args.eval_models}
+    if args.eval_epochs:
+        common["eval_epochs"] = args.eval_epochs
+    if args.width:
+        common["preset_overrides"] = {"width": args.width}
+    results: dict[tuple[str, str, int], dict] = {}
+
+    def options(method: str) -> dict:
+        if method not in TRAJECTORY:
+            return {}
+        opts = {"buffers": {"flat": True}}  # the same (flat) experts for every trajectory method
+        if args.iterations:
+            opts["num_iterations"] = args.iterations
+        return opts
+
+    def write() -> None:
+        cols = [(d, i) for d in args.datasets for i in args.ipcs]
+        lines = [
+            "# Trajectory matching on MedMNIST (real data): test accuracy %, mean ± std over evaluation networks",
+            "",
+            f"Preset `{args.preset}`{f' (width {args.width})' if args.width else ''}, seed {args.seed}, "
+            f"{args.eval_models} evaluation networks per cell, machine: {machine(args.device, args.threads)}. "
+            f"Command: `python benchmarks/trajectory.py`. Wall time of this invocation "
+            f"{(time.perf_counter() - start) / 60:.1f} min (runs already on disk are not re-timed).",
+            "",
+            "Every trajectory method uses the same flat (GSAM) expert buffer per dataset and the iteration budget of "
+            "the dataset's `configs/` entry" + (f" overridden to {args.iterations}" if args.iterations else "")
+            + "; FTD therefore differs from MTT only by its EMA of the images. `full` trains on the whole train "
+            "split (`eval_epochs_full` epochs).",
+            "",
+            "| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for method in [*args.methods, "full"]:
+            cells = []
+            for d, i in cols:
+                m = results.get((d, method, i if method != "full" else 0))
+                cells.append(fmt(m) if m else "–")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", "Distillation seconds (experts excluded after the first run that builds them):", "",
+                  "| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |", "|---|" + "---|" * len(cols)]
+        for method in args.methods:
+            cells = [f"{results[(d, method, i)]['distill_seconds']:.0f}" if (d, method, i) in results else "–"
+                     for d, i in cols]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", "## Target: PTM at ipc 2 at least as good as every other method (seed 000's central claim)", ""]
+        for d in args.datasets:
+            ptm = results.get((d, "ptm", 2))
+            others = {m: results[(d, m, 2)] for m in args.methods if m != "ptm" and (d, m, 2) in results}
+            if not ptm or not others:
+                lines.append(f"- {d}: not run yet.")
+                continue
+            best = max(others, key=lambda m: others[m]["test_acc_mean"])
+            gap = 100 * (ptm["test_acc_mean"] - others[best]["test_acc_mean"])
+            verdict = "met" if gap >= 0 else f"missed by {-gap:.1f} points"
+            lines.append(f"- {d}: PTM {fmt(ptm)} vs best other `{best}` {fmt(others[best])}: {verdict}.")
+        write_md(out_md, lines)
+        for d in args.datasets:
+            series = {m: (args.ipcs, [100 * results[(d, m, i)]["test_acc_mean"] if (d, m, i) in results
+                                      else float("nan") for i in args.ipcs]) for m in args.methods}
+            line_plot(series, out_md.with_name(f"{out_md.stem}_{d}.png"), title=f"{d}: test accuracy",
+                      xlabel="ipc", ylabel="accuracy %", markers=True)
+
+    for d in args.datasets:
+        config = BUNDLE[dims(d)]
+        buffer_dir = work / "buffers"
+        for ipc in args.ipcs:
+            for method in args.methods:
+                out = work / d / f"{method}_ipc{ipc}"
+                results[(d, method, ipc)] = run_bundle(
+                    out, f"{config}/train.json", args.threads, dataset=d, method=method, ipc=ipc,
+                    buffer_dir=buffer_dir, method_options=options(method), **common)
+                write()
+                print(d, method, ipc, fmt(results[(d, method, ipc)]), flush=True)
+        results[(d, "full", 0)] = run_bundle(work / d / "full", f"{config}/evaluate.json", args.threads,
+                                             synthetic="full", dataset=d, **common)
+        write()
+
+
+if __name__ == "__main__":
+    main()
