@@ -10,8 +10,8 @@ layers, random weights) is a weak but honest offline choice: no pretrained histo
 package, and random convolutional features still carry colour and texture statistics. Per-image (instance)
 normalisation would remove exactly the stain colour that tells tissues apart, hence ``norm="none"`` (measured on
 the test cohort: a linear probe of the instance labels reaches ROC AUC ~0.99 with these features, 0.68-0.84 with
-instance norm). Pass a checkpoint (e.g. a ResNetAP-10 of the Histo-DD
-model pool, or any encoder trained on patches) for better features.
+instance norm). Pass a checkpoint (e.g. a ResNetAP-10 of the Histo-DD model pool, or any encoder trained on
+patches) for better features.
 
 Cache layout: ``CACHE/<encoder_key>/<source>/<slide_id>.pt`` holding the features and the digest of the bag they
 came from. The key hashes everything that changes features (network, options, seed, checkpoint contents, input
