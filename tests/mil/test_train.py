@@ -127,3 +127,24 @@ def test_cuda_amp_training(name: str, feature_bags: list[Bag]) -> None:
     result = trainer.fit(feature_bags)
     assert np.isfinite([h["train_loss"] for h in result.history]).all()
     assert np.isfinite(trainer.predict(feature_bags).probs.numpy()).all()
+
+
+def test_attention_finds_the_positive_tissue(feature_bags: list[Bag], real_bags: BagDirectory, mil_cohort) -> None:
+    """ABMIL trained on the cohort attends to the patches of the minority tissue that makes a slide positive
+    (the cohort's annotation masks say which patches those are)."""
+    root, _ = mil_cohort
+    trainer = _trainer("abmil", epochs=20, seed=0)
+    trainer.fit(feature_bags)
+    preds = trainer.predict(feature_bags)
+    checked = 0
+    for bag, scores in zip(real_bags, preds.instance_scores):
+        if bag.label != 1:
+            continue
+        ann = np.asarray(Image.open(root / "annotations" / f"{bag.slide_id}.png"))  # 1/4 of level 0
+        side = bag.meta["footprint"] // 4
+        minority = np.array([(ann[y // 4 : y // 4 + side, x // 4 : x // 4 + side] == 2).mean() > 0.5
+                             for x, y in bag.coords.tolist()])
+        if minority.any() and (~minority).any():
+            assert scores[minority].mean() > 2 * scores[~minority].mean(), bag.slide_id
+            checked += 1
+    assert checked >= 3
