@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, ImageDraw
-from scipy.stats import rankdata
 
 from monai_distill.utils import atomic_path
 from wsi.reader import Slide
@@ -36,7 +36,7 @@ def rank_normalize(scores: np.ndarray | torch.Tensor) -> np.ndarray:
     s = np.asarray(torch.as_tensor(scores).float().cpu()).reshape(-1)
     if s.size == 1:
         return np.ones(1)
-    return (rankdata(s, method="average") - 1) / (s.size - 1)
+    return (pd.Series(s).rank(method="average").to_numpy() - 1) / (s.size - 1)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
