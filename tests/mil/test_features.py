@@ -90,6 +90,7 @@ def test_state_dict_checkpoint(tmp_path: Path, real_bags: BagDirectory) -> None:
         EncoderConfig(checkpoint=str(tmp_path / "nope.pt"))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")  # still supported
 def test_program_checkpoints(tmp_path: Path, real_bags: BagDirectory) -> None:
     """Whole encoders saved with torch.export (.pt2, dynamic batch) or TorchScript."""
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
