@@ -266,21 +266,28 @@ class MacenkoNormalizer:
             tissue = (od >= t.beta).all(dim=1)
             count = tissue.sum(1)
             ok = (count >= max(3, math.ceil(self.min_tissue_fraction * h * w))) & self._spread(od, tissue, count)
-        if not bool(ok.all()):
-            bad = int((~ok).sum())
+        out = x
+        n_unstained = 0
+        if bool(ok.any()):
+            idx = torch.nonzero(ok).flatten()
+            normed, stained = self._normalise(od[idx], tissue[idx], count[idx])
+            normed = normed.reshape(-1, 3, h, w).to(x.dtype)
+            # An image whose 99th-percentile concentration of a stain is not positive has no usable stain estimate
+            # (step 6 would divide by ~0): it is passed through like a background image.
+            n_unstained = int((~stained).sum())
+            if n_unstained:
+                normed = torch.where(stained.reshape(-1, 1, 1, 1), normed, x[idx])
+            out = normed if bool(ok.all()) else x.index_copy(0, idx, normed)
+        n_bad = int((~ok).sum())
+        if n_bad or n_unstained:
             warnings.warn(
-                f"stain normalisation: {bad} of {n} image(s) hold too little tissue (optical density >= {t.beta} "
-                f"in every channel on < {self.min_tissue_fraction:.0%} of the pixels) and are left unchanged.",
+                f"stain normalisation: {n_bad + n_unstained} of {n} image(s) are left unchanged: {n_bad} hold too "
+                f"little tissue (optical density >= {t.beta} in every channel on < {self.min_tissue_fraction:.0%} "
+                f"of the pixels), {n_unstained} give no positive stain concentration.",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if not bool(ok.any()):
-            return x
-        idx = torch.nonzero(ok).flatten()
-        normed = self._normalise(od[idx], tissue[idx], count[idx]).reshape(-1, 3, h, w).to(x.dtype)
-        if bool(ok.all()):
-            return normed
-        return x.index_copy(0, idx, normed)
+        return out
 
     def apply_normalised(self, x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
         """Normalise a batch given in dataset units ``(rgb - mean) / std``, and return it in those units."""
@@ -309,8 +316,11 @@ class MacenkoNormalizer:
         evals = torch.linalg.eigvalsh(cov)
         return evals[:, 1] > 1e-10 * evals[:, 2].clamp_min(1e-30)
 
-    def _normalise(self, od: torch.Tensor, tissue: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """Steps 2-7 on images that all hold enough tissue; returns (N, 3, P) in [0, 1]."""
+    def _normalise(
+        self, od: torch.Tensor, tissue: torch.Tensor, count: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 2-7 on images that all hold enough tissue; returns (N, 3, P) in [0, 1] and, per image, whether
+        both stains' 99th-percentile concentrations are positive (the result is meaningful)."""
         t = self.template
         dtype, dev = od.dtype, od.device
         # Step 3: the two leading eigenvectors (eigh sorts eigenvalues ascending).
@@ -335,14 +345,19 @@ class MacenkoNormalizer:
         hte = he.transpose(1, 2)
         gram = hte @ he
         a, b, d = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
-        inv = torch.stack([torch.stack([d, -b], -1), torch.stack([-b, a], -1)], -2) / (a * d - b * b).reshape(-1, 1, 1)
+        # det = 1 - cos² of the two unit stain vectors; the floor only acts when they coincide (one stain seen).
+        det = (a * d - b * b).clamp_min(1e-12).reshape(-1, 1, 1)
+        inv = torch.stack([torch.stack([d, -b], -1), torch.stack([-b, a], -1)], -2) / det
         conc = (inv @ hte) @ od  # (N, 2, P)
         # Step 6: each stain's 99th percentile over all pixels (torchstain uses every pixel here).
         k = int(_rank_index(torch.tensor(od.shape[-1]), 99.0))
         max_c = conc.kthvalue(k + 1, dim=-1).values  # (N, 2)
+        stained = (max_c > 1e-3).all(dim=1).detach()
         ref_c = t.max_concentrations_tensor.to(dtype=dtype, device=dev)
-        conc = conc * (ref_c / max_c.clamp_min(1e-6)).unsqueeze(-1)
-        # Step 7: recompose with the template's stain matrix; only the bright end is clipped (exp > 0).
+        conc = conc * (ref_c / max_c.clamp_min(1e-3)).unsqueeze(-1)
+        # Step 7: recompose with the template's stain matrix; only the bright end is clipped (exp > 0). The clip is
+        # applied to the exponent, min(Io·e^z, 255) = Io·e^min(z, log(255/Io)), so that a pixel whose rescaled
+        # concentrations are very negative cannot overflow exp to inf and turn its zero gradient into NaN.
         ref_he = t.stain_matrix_tensor.to(dtype=dtype, device=dev)
-        out = t.io * torch.exp(-(ref_he @ conc))
-        return out.clamp_max(255.0) / 255.0
+        out = t.io * torch.exp((-(ref_he @ conc)).clamp_max(math.log(255.0 / t.io)))
+        return out / 255.0, stained

