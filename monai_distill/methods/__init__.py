@@ -40,40 +40,25 @@ __all__ += [
     "train_expert",
 ]
 
-# Gradient and distribution matching (issue 5): DC, DSA, DM; importing the modules registers them.
+# Gradient and distribution matching (issue 5): DC, DSA, DM, Histo-DD; importing the modules registers them.
 from .distribution_matching import DM  # noqa: E402
 from .gradient_matching import DC, DSA, GradientMatching  # noqa: E402
-from .image_distiller import ImageDistiller  # noqa: E402
-from .matching import GRADIENT_DISTANCES, class_gradient_match, gradient_distance  # noqa: E402
-
-__all__ += [
-    "DC",
-    "DM",
-    "DSA",
-    "GRADIENT_DISTANCES",
-    "GradientMatching",
-    "ImageDistiller",
-    "class_gradient_match",
-    "gradient_distance",
-]
-
-# Gradient and distribution matching (issue 5): DC, DSA, DM; importing the modules registers them.
-from .distribution_matching import DM  # noqa: E402
-from .gradient_matching import DC, DSA, GradientMatching  # noqa: E402
-from .image_distiller import ImageDistiller  # noqa: E402
-from .matching import GRADIENT_DISTANCES, class_gradient_match, gradient_distance  # noqa: E402
-
-__all__ += [
-    "DC",
-    "DM",
-    "DSA",
-    "GRADIENT_DISTANCES",
-    "GradientMatching",
-    "ImageDistiller",
-    "class_gradient_match",
-    "gradient_distance",
-]
 from .histodd import HistoDD  # noqa: E402
+from .image_distiller import ImageDistiller  # noqa: E402
+from .matching import GRADIENT_DISTANCES, class_gradient_match, gradient_distance  # noqa: E402
 from .model_pool import ModelPool, filter_normalized_direction, perturb_  # noqa: E402
 
-__all__ += ["HistoDD", "ModelPool", "filter_normalized_direction", "perturb_"]
+__all__ += [
+    "DC",
+    "DM",
+    "DSA",
+    "GRADIENT_DISTANCES",
+    "GradientMatching",
+    "HistoDD",
+    "ImageDistiller",
+    "ModelPool",
+    "class_gradient_match",
+    "filter_normalized_direction",
+    "gradient_distance",
+    "perturb_",
+]
