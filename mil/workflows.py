@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch.utils.data import Subset
 
 from monai_distill.utils import atomic_path, atomic_write_json, check_output_dir, to_bool
 from wsi.distributed import barrier, dist_context, shard
@@ -59,8 +60,8 @@ def real_test_bags(
     label_map: dict[str, int] | None = None,
     tiling: dict[str, Any] | None = None,
     progress: bool = True,
-) -> list[Bag]:
-    """The real bags of the held-out slides (see the module doc for the accepted inputs).
+) -> Sequence[Bag]:
+    """The real bags of the held-out slides (see the module doc for the accepted inputs), loaded lazily.
 
     Args:
         test_slides: bag directory, tiling output directory, slide directory or slide CSV.
@@ -84,9 +85,9 @@ def real_test_bags(
         )
     work = Path(work_dir)
     if _is_bag_dir(path):
-        bags = list(BagDirectory(path))
-        if split is not None:
-            bags = [b for b in bags if b.meta.get("split") == split]
+        bags: Sequence[Bag] = BagDirectory(path)
+        if split is not None:  # reads each bag once for its split; the kept ones are loaded again when used
+            bags = Subset(bags, [i for i, b in enumerate(bags) if b.meta.get("split") == split])
     else:
         if path.is_dir() and (path / "coords").is_dir():
             tiling_dir = path
@@ -98,11 +99,20 @@ def real_test_bags(
                     raise BagError(f"no slide of split '{split}' in '{path}'.")
             tiling_dir = work / "tiling"
             TilingWorkflow(records, tiling_dir, progress=progress, **(tiling or {})).run()
-        bags = list(make_real_bags(tiling_dir, work, split=split, max_patches=max_patches, seed=seed,
-                                   label_map=label_map, progress=progress))
-    if not bags:
+        bags = make_real_bags(tiling_dir, work, split=split, max_patches=max_patches, seed=seed, label_map=label_map,
+                              progress=progress)
+    if len(bags) == 0:
         raise BagError(f"no real test bag from '{path}' (split={split!r}).")
     return bags
+
+
+def _slide_id(bags: Sequence[Bag], i: int) -> str:
+    """Slide id of bag ``i`` without loading it where the container knows it (bag directories and subsets)."""
+    if isinstance(bags, BagDirectory):
+        return bags.slide_ids[i]
+    if isinstance(bags, Subset) and isinstance(bags.dataset, BagDirectory):
+        return bags.dataset.slide_ids[bags.indices[i]]
+    return bags[i].slide_id
 
 
 def stratified_split(bags: Sequence[Bag], fraction: float, seed: int) -> tuple[list[Bag], list[Bag]]:
@@ -193,7 +203,7 @@ class _MILWorkflowBase:
         return {"patch_size": self.patch_size or reference.get("patch_size") or 256, "level": level, "mpp": mpp,
                 "tissue_threshold": self.tissue_threshold, "backend": self.backend}
 
-    def _test_bags(self, reference: dict[str, Any]) -> list[Bag]:
+    def _test_bags(self, reference: dict[str, Any]) -> Sequence[Bag]:
         return real_test_bags(self.test_slides, self.test_bags_dir, self.test_split, self.max_test_patches, self.seed,
                               self.label_map, self._tiling_options(reference), self.progress)
 
@@ -207,7 +217,8 @@ class _MILWorkflowBase:
         rank, world = dist_context()
         if world > 1:
             for name, bags in groups.items():
-                extractor.extract(shard(list(bags), rank, world), desc=f"{name} features (rank {rank})")
+                mine = shard(range(len(bags)), rank, world)
+                extractor.extract((bags[i] for i in mine), desc=f"{name} features (rank {rank})")
             barrier()
             if rank != 0:
                 return None
@@ -335,12 +346,11 @@ class MILTrainWorkflow(_MILWorkflowBase):
 
     def _run(self) -> dict[str, Any]:
         train_dir = BagDirectory(self.train_bags)
-        train = list(train_dir)
-        reference = next((b for b in train if b.patches is not None), train[0])
+        reference = train_dir[0]  # bags are read one at a time: a cohort of real patches need not fit in memory
         ref_meta = {"patch_size": None if reference.patch_shape is None else reference.patch_shape[-1],
                     "level": reference.meta.get("level"), "mpp": reference.meta.get("mpp")}
         test = self._test_bags(ref_meta)
-        overlap = sorted({b.slide_id for b in train} & {b.slide_id for b in test})
+        overlap = sorted(set(train_dir.slide_ids) & {_slide_id(test, i) for i in range(len(test))})
         if overlap and not self.allow_overlap:
             raise BagError(
                 f"slides {overlap[:10]} are both training bags ('{self.train_bags}') and held-out test slides: the "
@@ -350,11 +360,10 @@ class MILTrainWorkflow(_MILWorkflowBase):
         if reference.patch_shape is not None:
             extractor.setup(reference.patch_shape[0], reference.patch_shape[-1])
         start = time.perf_counter()
-        feats = self._features(extractor, {"train": train, "test": test})
+        feats = self._features(extractor, {"train": train_dir, "test": test})
         if feats is None:
             return {}
         feature_seconds = time.perf_counter() - start
-        del train  # patches are no longer needed; feature bags are small
         train_f, val_f = stratified_split(feats["train"], self.val_fraction, self.seed)
         num_classes = self.num_classes or max(2, 1 + max(b.label for b in feats["train"] + feats["test"]))
         in_features = feats["train"][0].features.shape[1]  # type: ignore[union-attr]
