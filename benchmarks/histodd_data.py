@@ -94,7 +94,7 @@ def cut_patches(
         image = np.asarray(Image.fromarray(image).resize((w // downsample, h // downsample), Image.BOX))
     mask = tissue_mask(image)
     h, w = image.shape[:2]
-    cut = int(round(h * (1.0 - test_fraction)))
+    cut = round(h * (1.0 - test_fraction))
     train, test = [], []
     step = stride or patch_size
     for region in ("train", "test"):

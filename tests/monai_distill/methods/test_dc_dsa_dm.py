@@ -58,10 +58,10 @@ def test_dc_distance_is_per_unit_one_minus_cosine():
     dc = GRADIENT_DISTANCES.get("dc")
     assert torch.allclose(dc(a, b), expected, atol=1e-5)
     assert dc(a, a).abs() < 1e-5 and dc(torch.ones(3), torch.zeros(3)) == 0  # biases ignored (DC Eq. 10)
-    assert torch.allclose(GRADIENT_DISTANCES.get("l1")(a, b), (a - b).abs().mean())
-    assert torch.allclose(gradient_distance([a, a[0, 0, 0]], [b, b[0, 0, 0]], "l1_sum"), (a - b).abs().sum() +
+    assert torch.allclose(GRADIENT_DISTANCES.get("l1_mean")(a, b), (a - b).abs().mean())
+    assert torch.allclose(gradient_distance([a, a[0, 0, 0]], [b, b[0, 0, 0]], "l1"), (a - b).abs().sum() +
                           (a[0, 0, 0] - b[0, 0, 0]).abs().sum())
-    with pytest.raises(KeyError, match="valid names: cosine, dc, l1, l1_sum, mse"):
+    with pytest.raises(KeyError, match="valid names: cosine, dc, l1, l1_mean, mse"):
         GRADIENT_DISTANCES.get("l2")
 
 

@@ -1,0 +1,104 @@
+"""The ``histodd_patches`` bundle on a real H&E patch ``.npz`` (patches of the shared slides and tiles)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from monai_distill.data import SyntheticSet
+
+from .helpers import FAST, REPO_ROOT, run_bundle
+
+CONFIGS = REPO_ROOT / "bundles" / "histodd_patches" / "configs"
+TRAIN = "bundles/histodd_patches/configs/train.json"
+# One outer step of one synthetic update, one pool network trained for one epoch: the pipeline, not the numbers.
+TINY = "{'iterations': 1, 'outer_loop': 1, 'batch_real': 8, 'batch_train': 16, 'pool_size': 1, 'pool_epochs': 1}"
+
+
+@pytest.fixture(scope="module")
+def he_npz(tmp_path_factory, shared_data):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from histodd_data import build_he_patch_npz
+
+    path = tmp_path_factory.mktemp("he") / "he_patches.npz"
+    build_he_patch_npz(path, shared_data, patch_size=32, classes=["cmu1", "tcga_cr7395", "torchstain_source"],
+                       max_train_per_class=40, max_test_per_class=20)
+    return path
+
+
+@pytest.fixture(scope="module")
+def distilled(he_npz, tmp_path_factory):
+    """The bundle's command line, as a user runs it (Histo-DD with every ingredient on)."""
+    out = tmp_path_factory.mktemp("histodd") / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # small networks: a second thread only contends on a loaded machine
+        run_bundle(TRAIN, dataset=he_npz, ipc=2, preset="quick", seed=0, output_dir=out, method_options=TINY,
+                   cache_dir=out.parent / "cache", **FAST)
+    return out
+
+
+def test_train_writes_the_contract_outputs(distilled, he_npz):
+    metrics = json.loads((distilled / "metrics.json").read_text())
+    assert (metrics["method"], metrics["ipc"], metrics["arch"], metrics["preset"]) == ("histodd", 2, "resnetap10",
+                                                                                        "quick")
+    assert metrics["dataset"] == "he_patches" and 0.0 <= metrics["test_acc_mean"] <= 1.0
+    syn = SyntheticSet.load(distilled / "synthetic.pt")
+    assert syn.images.shape == (6, 3, 32, 32) and torch.isfinite(syn.images).all()
+    opts = syn.meta["options"]
+    assert (opts["stain"], opts["model_augment"], opts["dsa"], opts["lr_img"], opts["distance"]) == (
+        True, True, True, 0.5, "l1")
+    assert syn.meta["stain_template"]["stain_matrix"] and syn.meta["model_pool"]
+    assert list((distilled.parent / "cache" / "model_pools").glob("*/model_0.pt"))
+    assert (distilled / "synthetic.png").stat().st_size > 100
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121", "vit"])
+def test_cross_architecture_evaluation(arch, distilled):
+    from monai.bundle import run
+
+    out = distilled / arch
+    run(config_file=str(CONFIGS / "evaluate.json"), synthetic=str(distilled / "synthetic.pt"), arch=arch,
+        output_dir=str(out), eval_models=1, eval_epochs=2, preset_overrides={"width": 8}, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["arch"] == arch and metrics["method"] == "histodd" and metrics["dataset"] == "he_patches"
+    assert 0.0 <= metrics["test_acc_mean"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides"),
+    [("random", {}), ("herding", {}), ("histodd", {"stain": False, "model_augment": False, "dsa": False})],
+)
+def test_coresets_and_ablation_through_the_same_bundle(method, overrides, he_npz, tmp_path):
+    from monai.bundle import run
+
+    out = tmp_path / method
+    run(config_file=str(CONFIGS / "train.json"), dataset=str(he_npz), method=method, ipc=2, output_dir=str(out),
+        cache_dir=str(tmp_path / "cache"), method_options=eval(TINY) if method == "histodd" else {},
+        eval_models=1, eval_epochs=2, preset_overrides={"width": 8, "embed_epochs": 1}, progress=False, **overrides)
+    syn = SyntheticSet.load(out / "synthetic.pt")
+    assert syn.meta["method"] == method and syn.images.shape == (6, 3, 32, 32)
+    if method == "histodd":
+        assert not any(syn.meta["options"][k] for k in ("stain", "model_augment", "dsa"))
+        assert syn.meta["stain_template"] is None and syn.meta["model_pool"] is None
+    else:
+        assert "stain" not in syn.meta["options"]  # Histo-DD's settings go to Histo-DD only
+
+
+def test_metadata_verifies_offline(tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text((REPO_ROOT / "bundles/schema/meta_schema.json").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+         "bundles/histodd_patches/configs/metadata.json", "--filepath", str(schema)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    for name in ("train.json", "evaluate.json", "multi_gpu_train.json", "logging.conf"):
+        assert (CONFIGS / name).is_file()
+    assert (REPO_ROOT / "bundles/histodd_patches/docs/README.md").is_file()
+    assert (REPO_ROOT / "bundles/histodd_patches/LICENSE").is_file()
