@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["HE_SOURCES", "HeSource", "build_he_patch_npz", "cut_patches", "read_rgb"]
+__all__ = ["HE_SOURCES", "HeSource", "build_he_patch_npz", "cached_he_patch_npz", "cut_patches", "read_rgb"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,17 @@ def build_he_patch_npz(
     np.savez_compressed(out, **arrays, class_names=np.array(classes), sources=np.array([HE_SOURCES[c].path
                                                                                         for c in classes]))
     return summary
+
+
+def cached_he_patch_npz(directory: str | os.PathLike, **kwargs) -> Path:
+    """:func:`build_he_patch_npz` into ``directory`` under a name made of its arguments; built once, then reused."""
+    name = "he_patches_" + "_".join(f"{k}-{v}" for k, v in sorted(kwargs.items()) if k != "shared_data") + ".npz"
+    path = Path(directory) / name.replace(" ", "").replace("/", "-")
+    if not path.is_file():
+        tmp = path.with_suffix(".tmp.npz")
+        build_he_patch_npz(tmp, **kwargs)
+        os.replace(tmp, path)
+    return path
 
 
 def main() -> None:

@@ -19,15 +19,23 @@ TRAIN = "bundles/histodd_patches/configs/train.json"
 TINY = "{'iterations': 1, 'outer_loop': 1, 'batch_real': 8, 'batch_train': 16, 'pool_size': 1, 'pool_epochs': 1}"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks: one thread is as fast, and far faster on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def he_npz(tmp_path_factory, shared_data):
+    """The real H&E patch task of tests/monai_distill/methods/test_histodd.py (built once per session)."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from histodd_data import build_he_patch_npz
+    from histodd_data import cached_he_patch_npz
 
-    path = tmp_path_factory.mktemp("he") / "he_patches.npz"
-    build_he_patch_npz(path, shared_data, patch_size=32, classes=["cmu1", "tcga_cr7395", "torchstain_source"],
-                       max_train_per_class=40, max_test_per_class=20)
-    return path
+    return cached_he_patch_npz(tmp_path_factory.getbasetemp(), shared_data=shared_data, patch_size=32,
+                               max_train_per_class=150, max_test_per_class=60)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +53,9 @@ def test_train_writes_the_contract_outputs(distilled, he_npz):
     metrics = json.loads((distilled / "metrics.json").read_text())
     assert (metrics["method"], metrics["ipc"], metrics["arch"], metrics["preset"]) == ("histodd", 2, "resnetap10",
                                                                                         "quick")
-    assert metrics["dataset"] == "he_patches" and 0.0 <= metrics["test_acc_mean"] <= 1.0
+    assert metrics["dataset"].startswith("he_patches") and 0.0 <= metrics["test_acc_mean"] <= 1.0
     syn = SyntheticSet.load(distilled / "synthetic.pt")
-    assert syn.images.shape == (6, 3, 32, 32) and torch.isfinite(syn.images).all()
+    assert syn.images.shape == (12, 3, 32, 32) and torch.isfinite(syn.images).all()
     opts = syn.meta["options"]
     assert (opts["stain"], opts["model_augment"], opts["dsa"], opts["lr_img"], opts["distance"]) == (
         True, True, True, 0.5, "l1")
@@ -64,7 +72,7 @@ def test_cross_architecture_evaluation(arch, distilled):
     run(config_file=str(CONFIGS / "evaluate.json"), synthetic=str(distilled / "synthetic.pt"), arch=arch,
         output_dir=str(out), eval_models=1, eval_epochs=2, preset_overrides={"width": 8}, progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["arch"] == arch and metrics["method"] == "histodd" and metrics["dataset"] == "he_patches"
+    assert metrics["arch"] == arch and metrics["method"] == "histodd" and metrics["dataset"].startswith("he_patches")
     assert 0.0 <= metrics["test_acc_mean"] <= 1.0
 
 
@@ -80,7 +88,7 @@ def test_coresets_and_ablation_through_the_same_bundle(method, overrides, he_npz
         cache_dir=str(tmp_path / "cache"), method_options=eval(TINY) if method == "histodd" else {},
         eval_models=1, eval_epochs=2, preset_overrides={"width": 8, "embed_epochs": 1}, progress=False, **overrides)
     syn = SyntheticSet.load(out / "synthetic.pt")
-    assert syn.meta["method"] == method and syn.images.shape == (6, 3, 32, 32)
+    assert syn.meta["method"] == method and syn.images.shape == (12, 3, 32, 32)
     if method == "histodd":
         assert not any(syn.meta["options"][k] for k in ("stain", "model_augment", "dsa"))
         assert syn.meta["stain_template"] is None and syn.meta["model_pool"] is None

@@ -32,13 +32,24 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def he_npz(tmp_path_factory, repo_root, shared_data):
+    """6 classes x (150 train, 60 test) real 32 px patches; built once per session (the bundle tests share it)."""
     sys.path.insert(0, str(repo_root / "benchmarks"))
-    from histodd_data import build_he_patch_npz
+    from histodd_data import cached_he_patch_npz
 
-    path = tmp_path_factory.mktemp("he") / "he_patches.npz"
-    summary = build_he_patch_npz(path, shared_data, patch_size=32, max_train_per_class=150, max_test_per_class=60)
-    assert len(summary) == 6 and all(v == {"train": 150, "test": 60} for v in summary.values())
-    return path
+    return cached_he_patch_npz(tmp_path_factory.getbasetemp(), shared_data=shared_data, patch_size=32,
+                               max_train_per_class=150, max_test_per_class=60)
+
+
+def test_patch_task_is_real_and_disjoint(he_npz):
+    import numpy as np
+
+    d = np.load(he_npz)
+    assert d["train_images"].shape == (900, 32, 32, 3) and d["test_images"].shape == (360, 32, 32, 3)
+    assert d["train_images"].dtype == np.uint8 and list(d["class_names"])[:2] == ["cmu1", "tcga_cr7395"]
+    assert np.bincount(d["train_labels"].ravel()).tolist() == [150] * 6
+    assert np.bincount(d["test_labels"].ravel()).tolist() == [60] * 6
+    train = {p.tobytes() for p in d["train_images"]}
+    assert not any(p.tobytes() in train for p in d["test_images"])  # spatially disjoint splits
 
 
 @pytest.fixture(scope="module")
