@@ -87,13 +87,15 @@ class ImageDistiller(Distiller):
         return {**self.COMMON, **table, **self.ipc_defaults(self.cfg.ipc)}
 
     def resolve_options(self) -> dict[str, Any]:
-        """Defaults for the preset and ipc, overridden by ``cfg.options`` (cast to the defaults' types)."""
+        """Defaults for the preset and ipc, overridden by ``cfg.options`` (cast to the defaults' types; an option
+        given as ``None``/``null`` keeps its default, so a bundle can expose a key whose default is the preset's)."""
         opts = self.default_options()
         unknown = sorted(set(self.cfg.options) - set(opts))
         if unknown:
             raise KeyError(f"unknown {self.name} option(s) {unknown}; valid options: {', '.join(sorted(opts))}.")
         for key, value in self.cfg.options.items():
-            opts[key] = _cast(value, opts[key], key)
+            if value is not None:
+                opts[key] = _cast(value, opts[key], key)
         return opts
 
     def meta(self) -> dict[str, Any]:

@@ -72,9 +72,10 @@ def test_class_gradient_match_reaches_the_synthetic_images(breast):
     loss = class_gradient_match(net, breast.images[breast.labels == 1][:32], syn, 1, "dc")
     (g,) = torch.autograd.grad(loss, syn)
     assert torch.isfinite(loss) and loss > 0 and g.abs().sum() > 0
-    # Matching the real batch against itself gives zero distance.
+    # Matching a real batch against itself gives zero distance (up to float32 rounding of the two passes).
     real = breast.images[breast.labels == 1][:8]
-    assert class_gradient_match(net, real, real, 1, "l1") < 1e-6
+    other = breast.images[breast.labels == 1][8:16]
+    assert class_gradient_match(net, real, real, 1, "l1") < 1e-4 * class_gradient_match(net, real, other, 1, "l1")
 
 
 @pytest.mark.parametrize("name", ["dc", "dsa", "dm"])
