@@ -110,6 +110,10 @@ def main() -> None:
             opts = {**extra, **histodd} if method in ("dc", "dsa", "dm", "histodd") else {}
             if method != "histodd":
                 opts = {k: v for k, v in opts.items() if k in ("iterations", "outer_loop", "batch_real")}
+            if method == "dm":  # one synthetic update per iteration: as many updates as the others make
+                outer = opts.pop("outer_loop", 1)
+                if "iterations" in opts:
+                    opts["iterations"] *= outer
             out = work / f"{method}_ipc{ipc}"
             m = _run_once(out, "train.json", method=method, ipc=ipc, method_options=opts, **common)
             add(_row(method, ipc, m["eval_arch"], m))

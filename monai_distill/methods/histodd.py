@@ -18,7 +18,8 @@ Algorithm 1, in the options' names: ``iterations`` = K outer steps (200/500/1000
 pool network is perturbed and then ``outer_loop`` = U times (100): one synthetic update on Σ_c Dis(∇θL(D_A^c),
 ∇θL(P_A^c)) followed by ``inner_loop`` (1) SGD step(s) of the network on a real batch, ``L(D, M_θ)``. The synthetic
 patches start from random real patches (the random coreset of the same seed) and are learned with SGD at
-``lr_img`` (0.5; 5e-3 for TCGA-IDH). ResNetAP-10 is the paper's backbone (``arch``).
+``lr_img`` (the paper: 0.5, and 5e-3 for TCGA-IDH; the image gradient of the L1 distance grows with the network,
+so the value depends on the setting). ResNetAP-10 is the paper's backbone (``arch``).
 
 The method only needs a :class:`~monai_distill.data.RealDataset` of patches, so the same class distils one slide's
 patches into that slide's synthetic bag.
@@ -74,8 +75,12 @@ class HistoDD(GradientMatching):
     name = "histodd"
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {**_COMMON, "outer_loop": 100, "batch_real": 128, "batch_train": 128, "pool_epochs": 10},
-        # quick: the same algorithm with small K, U and pool for a 2-core CPU.
-        "quick": {**_COMMON, "outer_loop": 10, "batch_real": 32, "batch_train": 64, "pool_size": 2, "pool_epochs": 3},
+        # quick: the same algorithm with small K, U and pool for a 2-core CPU. lr_img 5e-3 (the paper's TCGA value):
+        # on the shared 32 px H&E task with ResNetAP-10 width 32, 0.5 and 0.05 move the patches so far (mean
+        # |Δ| 1.1 / 0.24 normalised units) that they train worse than the random patches they start from
+        # (44 % / 60 % vs 67 %), 5e-3 improves on them (67.4 %).
+        "quick": {**_COMMON, "lr_img": 5e-3, "outer_loop": 10, "batch_real": 32, "batch_train": 64, "pool_size": 2,
+                  "pool_epochs": 3},
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -117,7 +117,7 @@ def test_model_pool_is_cached_and_reused(he_train, tmp_path):
 def test_histodd_setup_options_and_ablation_switches(he_train, tmp_path):
     d = make(he_train, tmp_path)
     assert d.stain is not None and d.pool is not None and len(d.pool) == 2  # the quick preset's pool
-    assert d.options["distance"] == "l1" and d.options["lr_img"] == 0.5 and d.options["inner_loop"] == 1
+    assert d.options["distance"] == "l1" and d.options["lr_img"] == 5e-3 and d.options["inner_loop"] == 1
     assert d._real_stained.shape == he_train.images.shape and torch.isfinite(d._real_stained).all()
     log = d.step(0)
     assert set(log) == {"match", "match_first", "match_last"} and all(torch.isfinite(torch.tensor(v))
@@ -133,7 +133,8 @@ def test_histodd_setup_options_and_ablation_switches(he_train, tmp_path):
     for ipc, k in HISTODD_OUTER_STEPS.items():
         cfg = DistillConfig(ipc=ipc, preset=get_preset("paper", 2), options={"model_augment": False})
         h = get_method("histodd")(he_train, cfg, CPU)
-        assert (h.num_iterations, h.options["outer_loop"], h.options["pool_size"]) == (k, 100, 5)
+        assert (h.num_iterations, h.options["outer_loop"], h.options["pool_size"], h.options["lr_img"]) == (
+            k, 100, 5, 0.5)
     with pytest.raises(ValueError, match="stain normalisation needs RGB"):
         from monai_distill.data import load_medmnist
         from tests.conftest import MEDMNIST_DIR
