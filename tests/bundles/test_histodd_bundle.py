@@ -110,3 +110,24 @@ def test_metadata_verifies_offline(tmp_path):
         assert (CONFIGS / name).is_file()
     assert (REPO_ROOT / "bundles/histodd_patches/docs/README.md").is_file()
     assert (REPO_ROOT / "bundles/histodd_patches/LICENSE").is_file()
+
+
+def test_interrupted_run_resumes_to_the_same_patches(he_npz, tmp_path, monkeypatch):
+    """Checkpoint every iteration, stop after 2 of 4 (the workflow's test hook), resume: same synthetic patches."""
+    from monai.bundle import run
+
+    from monai_distill.workflows import INTERRUPT_ENV
+
+    common = {"config_file": str(CONFIGS / "train.json"), "dataset": str(he_npz), "ipc": 2, "evaluate": False,
+              "method_options": {**eval(TINY), "iterations": 4, "outer_loop": 2}, "cache_dir": str(tmp_path / "cache"),
+              "preset_overrides": {"width": 8}, "checkpoint_every": 1, "progress": False}
+    run(output_dir=str(tmp_path / "straight"), **common)
+    monkeypatch.setenv(INTERRUPT_ENV, "2")
+    with pytest.raises(RuntimeError):  # the bundle runner wraps the workflow's InterruptedRun
+        run(output_dir=str(tmp_path / "resumed"), **common)
+    assert not (tmp_path / "resumed" / "synthetic.pt").exists()
+    monkeypatch.delenv(INTERRUPT_ENV)
+    run(output_dir=str(tmp_path / "resumed"), resume=True, **common)
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["resumed_from"] == 2
+    a, b = (SyntheticSet.load(tmp_path / d / "synthetic.pt") for d in ("straight", "resumed"))
+    assert torch.equal(a.images, b.images)
