@@ -22,7 +22,10 @@ patches start from random real patches (the random coreset of the same seed) and
 so the value depends on the setting). ResNetAP-10 is the paper's backbone (``arch``).
 
 The method only needs a :class:`~monai_distill.data.RealDataset` of patches, so the same class distils one slide's
-patches into that slide's synthetic bag.
+patches into that slide's synthetic bag: only the classes present in the patches are distilled, a caller may set
+``distiller.pool`` to a :class:`~monai_distill.methods.ModelPool` trained on the whole cohort before
+:meth:`init_synthetic` (one pool for every slide instead of one per slide), and ``stain_template`` names the
+cohort's template.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ class HistoDD(GradientMatching):
         super().init_synthetic()  # first, so the init is the random coreset of the same seed
         if self.options["stain"]:
             self._fit_stain()
-        if self.options["model_augment"]:
+        if self.options["model_augment"] and self.pool is None:  # a caller may share one pool (per-slide bags)
             self.pool = self._build_pool()
 
     def _rgb(self, x: torch.Tensor) -> torch.Tensor:

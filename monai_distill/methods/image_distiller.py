@@ -69,7 +69,9 @@ class ImageDistiller(Distiller):
         if self.options["init"] not in ("real", "noise"):
             raise ValueError(f"{self.name}: init must be 'real' or 'noise', got '{self.options['init']}'.")
         self.augment = DiffAugment(self.options["dsa_strategy"]) if self.options["dsa"] else None
-        self.classes = list(range(self.real.num_classes))
+        # Classes with real images: all of them for a dataset; a single slide's patches may hold only some (the
+        # per-slide bags), and a class without real images has nothing to be distilled from.
+        self.classes = [c for c, n in enumerate(self.real.class_counts()) if n > 0]
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
         self.init_indices: torch.Tensor | None = None

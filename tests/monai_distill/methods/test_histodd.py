@@ -188,3 +188,21 @@ def test_histodd_beats_random_real_patches_at_ipc10(he_train, he_test, tmp_path)
                                  num_models=3, progress=False)
         acc[name] = result.summary["test_acc_mean"]
     assert acc["histodd"] > acc["random"] + 0.02, acc
+
+
+def test_a_shared_pool_serves_a_subset_of_patches(he_train, tmp_path):
+    """Per-slide use: a small RealDataset of patches (as one slide's) distilled with a pool trained on all of them."""
+    from dataclasses import replace
+
+    whole = make(he_train, tmp_path, pool_size=1)
+    keep = torch.cat([he_train.indices_of_class(c)[:12] for c in range(he_train.num_classes)])
+    subset = replace(he_train, images=he_train.images[keep], labels=he_train.labels[keep], name="one_slide")
+    cfg = DistillConfig(ipc=2, arch="convnet", preset=get_preset("quick", 2, width=8), seed=0,
+                        options={"iterations": 1, "outer_loop": 2, "batch_real": 8, "batch_train": 16,
+                                 "pool_size": 1, "cache_pool": False})
+    d = get_method("histodd")(subset, cfg, CPU)
+    d.pool = whole.pool
+    d.init_synthetic()
+    assert d.pool is whole.pool and d.synthetic_set().meta["model_pool"] == whole.pool.key
+    assert all(torch.isfinite(torch.tensor(v)) for v in d.step(0).values())
+    assert d.synthetic_set().images.shape == (12, 3, 32, 32)
