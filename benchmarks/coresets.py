@@ -29,9 +29,11 @@ def _dims(flag: str) -> int:
     return 3 if flag.endswith("3d") else 2
 
 
-def _run_once(out: Path, config: str, **overrides) -> dict:
+def _run_once(out: Path, config: str, table_only: bool = False, **overrides) -> dict | None:
     metrics = out / "metrics.json"
     if not metrics.is_file():
+        if table_only:
+            return None
         run(config_file=str(REPO / config), output_dir=str(out), progress=False, **overrides)
     return json.loads(metrics.read_text())
 
@@ -51,6 +53,7 @@ def main() -> None:
     p.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "medmnist"))
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_coresets"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "coresets.md"))
+    p.add_argument("--table_only", action="store_true", help="write the table from finished runs; others 'pending'")
     args = p.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = {"preset": args.preset, "seed": args.seed, "device": device, "dataset_dir": args.dataset_dir}
@@ -80,7 +83,10 @@ def main() -> None:
         for method in args.methods:
             for ipc in args.ipcs:
                 out = Path(args.work_dir) / flag / f"{method}_ipc{ipc}"
-                m = _run_once(out, f"{cfg}/train.json", dataset=flag, method=method, ipc=ipc, **common)
+                m = _run_once(out, f"{cfg}/train.json", args.table_only, dataset=flag, method=method, ipc=ipc, **common)
+                if m is None:
+                    rows.append(f"| {flag} | {method} | {ipc} | pending | | | | | | |")
+                    continue
                 rows.append(
                     f"| {flag} | {method} | {ipc} | {_fmt(m, 'acc')} | {_fmt(m, 'balanced_acc')} | {_fmt(m, 'auc')} "
                     f"| {m['n_eval_models']} | {m['eval_epochs']} | {m['distill_seconds']:.1f} "
@@ -89,7 +95,11 @@ def main() -> None:
                 write()
                 print(rows[-1], flush=True)
         out = Path(args.work_dir) / flag / "full"
-        m = _run_once(out, f"{cfg}/evaluate.json", synthetic="full", dataset=flag, **common)
+        m = _run_once(out, f"{cfg}/evaluate.json", args.table_only, synthetic="full", dataset=flag, **common)
+        if m is None:
+            rows.append(f"| {flag} | full | all | pending | | | | | | |")
+            write()
+            continue
         rows.append(
             f"| {flag} | full | all ({m['n_train_images']}) | {_fmt(m, 'acc')} | {_fmt(m, 'balanced_acc')} "
             f"| {_fmt(m, 'auc')} | {m['n_eval_models']} | {m['eval_epochs']} | – | {m['eval_seconds']:.0f} |"
