@@ -11,7 +11,8 @@ Usage (repo root)::
 
     python benchmarks/ptm_cost.py                                   # breastmnist ipc 2, quick preset
     python benchmarks/ptm_cost.py --iterations 12 --eval_every 4 --width 8 --eval_epochs 20 \\
-        --work_dir runs/bench_cost_check --out runs/bench_cost_check/ptm_cost.md      # a check
+        --work_dir runs/bench_cost_check --buffer_dir runs/bench_cost_check/buffers \\
+        --out runs/bench_cost_check/ptm_cost.md                                     # a check
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dataset_dir", default=str(DATA))
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_ptm_cost"))
+    p.add_argument("--buffer_dir", default=str(REPO / "runs" / "bench_trajectory" / "buffers"),
+                   help="shared with benchmarks/trajectory.py by default, so the experts are the same")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ptm_cost.md"))
     args = p.parse_args()
     work, out_md = Path(args.work_dir), Path(args.out)
@@ -57,7 +60,7 @@ def main() -> None:
     if args.iterations:
         opts["num_iterations"] = args.iterations
     common = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "seed": args.seed,
-              "device": args.device, "dataset_dir": args.dataset_dir, "buffer_dir": work / "buffers",
+              "device": args.device, "dataset_dir": args.dataset_dir, "buffer_dir": args.buffer_dir,
               "method_options": opts}
     if args.width:
         common["preset_overrides"] = {"width": args.width}

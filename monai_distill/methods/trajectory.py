@@ -18,7 +18,6 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -431,7 +430,3 @@ class TrajectoryDistiller(Distiller):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` saved."""
 
-
-def buffer_directory(distiller: TrajectoryDistiller) -> Path:
-    """Where ``distiller``'s experts live (for logs and the buffers workflow)."""
-    return distiller.expert_buffer().directory
