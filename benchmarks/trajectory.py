@@ -16,6 +16,7 @@ Usage (repo root)::
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--dataset_dir", default=str(DATA))
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
+    p.add_argument("--table_only", action="store_true", help="write the table from the runs on disk, run nothing")
     args = p.parse_args()
     work, out_md = Path(args.work_dir), Path(args.out)
     start = time.perf_counter()
@@ -116,14 +118,23 @@ def main() -> None:
         for ipc in args.ipcs:
             for method in args.methods:
                 out = work / d / f"{method}_ipc{ipc}"
+                if args.table_only:
+                    if (out / "metrics.json").is_file():
+                        results[(d, method, ipc)] = json.loads((out / "metrics.json").read_text())
+                    continue
                 results[(d, method, ipc)] = run_bundle(
                     out, f"{config}/train.json", args.threads, dataset=d, method=method, ipc=ipc,
                     buffer_dir=buffer_dir, method_options=options(method), **common)
                 write()
                 print(d, method, ipc, fmt(results[(d, method, ipc)]), flush=True)
+        if args.table_only:
+            if (work / d / "full" / "metrics.json").is_file():
+                results[(d, "full", 0)] = json.loads((work / d / "full" / "metrics.json").read_text())
+            continue
         results[(d, "full", 0)] = run_bundle(work / d / "full", f"{config}/evaluate.json", args.threads,
                                              synthetic="full", dataset=d, **common)
         write()
+    write()
 
 
 if __name__ == "__main__":
