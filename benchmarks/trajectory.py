@@ -88,6 +88,15 @@ def main() -> None:
                 m = results.get((d, method, i if method != "full" else 0))
                 cells.append(fmt(m) if m else "–")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", "Balanced accuracy % (mean per-class recall; BreastMNIST and PneumoniaMNIST are imbalanced, so "
+                  "plain accuracy rewards predicting the majority class):", "",
+                  "| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |", "|---|" + "---|" * len(cols)]
+        for method in [*args.methods, "full"]:
+            cells = []
+            for d, i in cols:
+                m = results.get((d, method, i if method != "full" else 0))
+                cells.append(fmt(m, "balanced_acc") if m else "–")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "Distillation seconds (experts excluded after the first run that builds them):", "",
                   "| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |", "|---|" + "---|" * len(cols)]
         for method in args.methods:
