@@ -1,8 +1,8 @@
 """PTM ablation (seed 000, Sec. 5.2): PTM with each of its parts switched off, same buffer, budget and seed.
 
-Variants: ``full``; ``-progressive`` (MTT's random start window and fixed segment instead of matching from θ^D_0
-with a growing end step); ``-overlap`` (no L_overlap; retraining stays); ``-retrain`` (no dynamic retraining;
-L_overlap stays); ``-overlap -retrain``; ``-L_c`` (no cross-entropy term in the image loss); with ``--variants``
+Variants: ``full``; ``no-progressive`` (MTT's random start window and fixed segment instead of matching from θ^D_0
+with a growing end step); ``no-overlap`` (no L_overlap; retraining stays); ``no-retrain`` (no dynamic retraining;
+L_overlap stays); ``no-overlap-retrain``; ``no-L_c`` (no cross-entropy term in the image loss); with ``--variants``
 also ``T=4``/``T=2`` (PTM's last end step, which the seeds do not give, instead of the configs' 10). Writes
 ``benchmarks/results/ptm_ablation.md`` and ``ptm_ablation.png``. Resumable; by default it reuses the expert
 buffers of ``benchmarks/trajectory.py`` (same ``--buffer_dir``), so the numbers line up with that table.
@@ -27,16 +27,16 @@ from monai_distill.plotting import line_plot
 
 VARIANTS = {
     "full": {},
-    "-progressive": {"progressive": False},
-    "-overlap": {"overlap": False},
-    "-retrain": {"retrain": False},
-    "-overlap -retrain": {"overlap": False, "retrain": False},
-    "-L_c": {"ce_weight": 0.0},
+    "no-progressive": {"progressive": False},
+    "no-overlap": {"overlap": False},
+    "no-retrain": {"retrain": False},
+    "no-overlap-retrain": {"overlap": False, "retrain": False},
+    "no-L_c": {"ce_weight": 0.0},
     # Sensitivity to T, the last end step (the seeds do not give it): not an ablation, run with --variants.
     "T=4": {"max_end_epoch": 4},
     "T=2": {"max_end_epoch": 2},
 }
-ABLATIONS = ["full", "-progressive", "-overlap", "-retrain", "-overlap -retrain", "-L_c"]
+ABLATIONS = ["full", "no-progressive", "no-overlap", "no-retrain", "no-overlap-retrain", "no-L_c"]
 
 
 def main() -> None:
@@ -98,7 +98,7 @@ def main() -> None:
             opts = {"buffers": {"flat": True}, **VARIANTS[v]}
             if args.iterations:
                 opts["num_iterations"] = args.iterations
-            name = v.replace(" ", "").replace("-", "no_").replace("=", "").strip("_")
+            name = v.replace("-", "_").replace("=", "")
             results[(d, v, ipc)] = run_bundle(work / d / f"ptm_{name}_ipc{ipc}", f"{BUNDLE[dims(d)]}/train.json",
                                               args.threads, dataset=d, method="ptm", ipc=ipc, method_options=opts,
                                               **common)
