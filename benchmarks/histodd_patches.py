@@ -52,7 +52,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ipcs", nargs="+", type=int, default=[10, 50])
     p.add_argument("--methods", nargs="+", default=["random", "herding", "forgetting", "dc", "dsa", "dm", "histodd"])
-    p.add_argument("--cross_archs", nargs="+", default=["resnet18", "densenet121", "vit"])
+    p.add_argument("--cross_archs", nargs="*", default=["resnet18", "densenet121", "vit"])
     p.add_argument("--preset", default="quick")
     p.add_argument("--arch", default="resnetap10", help="distillation (and evaluation) network")
     p.add_argument("--width", type=int, default=None, help="preset width override")
