@@ -91,8 +91,8 @@ def main() -> None:
             f"{(time.perf_counter() - start) / 60:.1f} min (runs already on disk are not re-timed).",
             "",
             "Accuracy, balanced accuracy and macro AUC in %; `distill s` / `eval s` are seconds. `full` trains on the "
-            "whole train split (upper bound). Coresets start no distillation; Histo-DD and DC/DSA/DM start from the "
-            "random coreset of the same seed.",
+            "whole train split (upper bound). Coresets are selections of real patches; Histo-DD and DC/DSA/DM start "
+            "from the random coreset of the same seed.",
             "",
             "| method | ipc | eval network | accuracy | balanced acc | AUC | K | epochs | distill s | eval s |",
             "|---|---|---|---|---|---|---|---|---|---|",
