@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from monai.bundle import run
 
+NOTES_OPEN, NOTES_CLOSE = "<!-- notes -->", "<!-- /notes -->"
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = {2: "bundles/medmnist2d_distillation/configs", 3: "bundles/organmnist3d_distillation/configs"}
 
@@ -42,6 +43,17 @@ def _fmt(m: dict, key: str) -> str:
     return f"{100 * m[f'test_{key}_mean']:.1f} ± {100 * m[f'test_{key}_std']:.1f}"
 
 
+def _kept_notes(path: Path) -> list[str]:
+    """Hand-written notes between ``<!-- notes -->`` markers of an existing table survive a rewrite."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    start, end = text.find(NOTES_OPEN), text.find(NOTES_CLOSE)
+    if start < 0 or end < start:
+        return []
+    return [text[start : end + len(NOTES_CLOSE)], ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist", "adrenalmnist3d"])
@@ -60,6 +72,8 @@ def main() -> None:
     rows: list[str] = []
     start = time.perf_counter()
 
+    notes = _kept_notes(Path(args.out))
+
     def write() -> None:
         machine = f"{platform.system()} {platform.machine()}, {torch.get_num_threads()} torch threads, device {device}"
         head = [
@@ -69,6 +83,7 @@ def main() -> None:
             f"torch {torch.__version__}. Command: `python benchmarks/coresets.py`. Wall time so far "
             f"{(time.perf_counter() - start) / 60:.1f} min (runs already on disk are not re-timed).",
             "",
+            *notes,
             "Accuracy, balanced accuracy and macro AUC in %. `full` trains on the whole train split "
             "(upper bound; `eval_epochs_full` epochs). Columns `distill s` / `eval s` are seconds.",
             "",
