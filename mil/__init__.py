@@ -10,6 +10,8 @@ The pipeline around them, one module per step:
 
     bags: the bag file format (``bags/<slide_id>.pt``) shared by real and synthetic bags, :class:`BagDirectory`.
     real_bags: :func:`make_real_bags`, the real bags of a tiled cohort (patches read with ``wsi``).
+    synthetic_bags: :class:`SyntheticBagsWorkflow`, per-slide Histo-DD synthetic bags (the ``wsi_synthetic_bags``
+        bundle).
     features: :class:`FeatureExtractor`, a frozen encoder turning patches into features, cached per slide.
     train: :class:`MILTrainer`, one trainer for every head (early stopping on validation AUC, AMP on CUDA).
     heatmap: :func:`save_attention_heatmap`, instance scores drawn over the slide.
@@ -27,7 +29,7 @@ _LAZY = {
     "Bag": "bags", "BagDirectory": "bags", "BagError": "bags", "load_bag": "bags", "save_bag": "bags",
     "write_bag_manifest": "bags", "EncoderConfig": "features", "FeatureExtractor": "features",
     "FrozenEncoder": "features", "save_attention_heatmap": "heatmap", "make_real_bags": "real_bags",
-    "MILTrainer": "train", "Predictions": "train", "TrainConfig": "train",
+    "SyntheticBagsWorkflow": "synthetic_bags", "MILTrainer": "train", "Predictions": "train", "TrainConfig": "train",
 }
 
 
@@ -49,6 +51,7 @@ __all__ = [
     "MILOutput",
     "MILTrainer",
     "Predictions",
+    "SyntheticBagsWorkflow",
     "TrainConfig",
     "get_mil_head",
     "load_bag",

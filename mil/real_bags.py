@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from wsi.manifest import read_status, write_status
 
 from .bags import DONE, Bag, BagDirectory, BagError, save_bag, write_bag_manifest
 
-__all__ = ["FAILED", "bag_path", "grid_label", "make_real_bags", "subsample_grid"]
+__all__ = ["FAILED", "bag_path", "grid_label", "make_real_bags", "run_cohort", "subsample_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,14 +171,36 @@ def make_real_bags(
     if not grids:
         raise BagError(f"no tiled slide in '{tiling_dir}' matches split={split!r} and slide_ids={slide_ids!r}.")
     settings = {"max_patches": max_patches, "seed": int(seed)}
-    rank, world = dist_context()
-    rows_by_id: dict[str, dict[str, Any]] = {}
-    mine = shard(grids, rank, world)
-    bar = tqdm(mine, desc="real bags", unit="slide", disable=None if progress else True)
-    for grid in bar:
+
+    def make_one(grid: PatchGrid) -> dict[str, Any]:
         thumbnail = Path(tiling_dir) / "thumbnails" / f"{grid.slide_id}.png"
         extra = {"thumbnail": str(thumbnail.resolve())} if thumbnail.is_file() else {}
-        row = _make_one(grid, out, settings, label_map, backend, batch_size, num_workers, extra)
+        return _make_one(grid, out, settings, label_map, backend, batch_size, num_workers, extra)
+
+    return run_cohort(grids, out, make_one, "real bags", progress)
+
+
+def run_cohort(
+    grids: Sequence[PatchGrid],
+    out: Path,
+    make_one: Callable[[PatchGrid], dict[str, Any]],
+    desc: str,
+    progress: bool = True,
+    extra_rows: Sequence[dict[str, Any]] = (),
+) -> BagDirectory:
+    """The cohort loop shared by real and synthetic bags: this rank's shard of ``grids`` through ``make_one``
+    (which writes one bag and its status record and returns its manifest row), then rank 0 merges every rank's
+    status records, plus ``extra_rows`` (slides that failed before bagging, e.g. in tiling), into ``manifest.csv``.
+
+    Raises:
+        BagError: no bag could be written at all.
+    """
+    rank, world = dist_context()
+    rows_by_id: dict[str, dict[str, Any]] = {}
+    bar = tqdm(shard(grids, rank, world), desc=desc if world == 1 else f"{desc} (rank {rank})", unit="slide",
+               disable=None if progress else True)
+    for grid in bar:
+        row = make_one(grid)
         rows_by_id[grid.slide_id] = row
         bar.set_postfix_str(f"{grid.slide_id}: {row['status']}")
     barrier()
@@ -188,12 +210,14 @@ def make_real_bags(
             st = rows_by_id.get(g.slide_id) or read_status(out, g.slide_id) or {
                 "slide_id": g.slide_id, "status": FAILED, "error": "no status written"}
             rows.append({k: v for k, v in st.items() if k != "fingerprint"})
+        rows += list(extra_rows)
         write_bag_manifest(out / "manifest.csv", rows)
         failed = [r["slide_id"] for r in rows if r["status"] != DONE]
         if failed:
-            logger.warning("real bags: %d slide(s) failed: %s", len(failed), failed)
+            logger.warning("%s: %d slide(s) failed: %s", desc, len(failed), failed)
         if len(failed) == len(rows):
-            raise BagError(f"no real bag could be written to '{out}'; see {out / 'manifest.csv'} for the errors.")
+            raise BagError(f"no {desc.removesuffix('s')} could be written to '{out}'; see {out / 'manifest.csv'} "
+                           "for the errors.")
     barrier()
     return BagDirectory(out)
 

@@ -22,13 +22,24 @@ class ClassBalancedSampler:
         self.data = data
         self.indices = [data.indices_of_class(c) for c in range(data.num_classes)]
 
-    def check_ipc(self, ipc: int) -> None:
-        """Raise a clear error when a class holds fewer than ``ipc`` images."""
+    def check_ipc(self, ipc: int, allow_absent: bool = False) -> None:
+        """Raise a clear error when a class holds fewer than ``ipc`` images.
+
+        Args:
+            ipc: images per class.
+            allow_absent: classes without any image are allowed (and skipped): one slide's patches carry only the
+                slide's class, while the classifier still has every class of the cohort.
+        """
         if ipc < 1:
             raise ValueError(f"ipc must be >= 1, got {ipc}.")
+        present = [i for i in self.indices if len(i) > 0 or not allow_absent]
+        if not present:
+            raise ValueError(f"{self.data.name} holds no image of any class.")
         for c, idx in enumerate(self.indices):
+            if allow_absent and len(idx) == 0:
+                continue
             if len(idx) < ipc:
-                smallest = min(len(i) for i in self.indices)
+                smallest = min(len(i) for i in present)
                 raise ValueError(
                     f"ipc={ipc} exceeds the {len(idx)} training images of class {c} "
                     f"('{self.data.class_names[c]}') in {self.data.name}; the largest valid ipc is {smallest}."

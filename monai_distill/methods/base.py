@@ -27,6 +27,8 @@ class DistillConfig:
         preset: shared hyper-parameters.
         seed: base seed.
         options: method-specific settings (from the bundle's ``method_options``).
+        allow_absent_classes: distil only the classes that have real images (per-slide bags: a slide's patches
+            carry one class of the cohort); by default every class must hold ``ipc`` images.
     """
 
     ipc: int
@@ -34,6 +36,7 @@ class DistillConfig:
     preset: Preset | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    allow_absent_classes: bool = False
 
 
 class Distiller:
@@ -61,7 +64,7 @@ class Distiller:
         self.cfg = cfg
         self.device = device
         self.sampler = ClassBalancedSampler(real)
-        self.sampler.check_ipc(cfg.ipc)
+        self.sampler.check_ipc(cfg.ipc, allow_absent=cfg.allow_absent_classes)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.net_factory = partial(
             get_network,

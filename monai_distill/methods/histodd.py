@@ -109,7 +109,7 @@ class HistoDD(GradientMatching):
         if self.options["stain"]:
             self._fit_stain()
         if self.options["model_augment"] and self.pool is None:  # a caller may share one pool (per-slide bags)
-            self.pool = self._build_pool()
+            self.pool = self.build_pool()
 
     def _rgb(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1, 1, 1)
@@ -133,7 +133,12 @@ class HistoDD(GradientMatching):
                            len(caught), caught[0].message)
         self._real_stained = out
 
-    def _build_pool(self) -> ModelPool:
+    def build_pool(self) -> ModelPool:
+        """The pool S of networks pretrained on this distiller's real patches (trained once, then cached).
+
+        The per-slide bags build it from a distiller over a sample of the whole cohort and hand it to every slide's
+        distiller (``distiller.pool``).
+        """
         o, p = self.options, self.cfg.preset
         cache = None if not o["cache_pool"] else (o["pool_dir"] or default_cache_dir())
         describe = {

@@ -1,0 +1,378 @@
+"""Per-slide synthetic bags: Histo-DD run on each slide's patches (seed 003, slide level).
+
+For every slide of a tiled cohort, the slide's patches (with the slide's label) are distilled into ``ipc`` synthetic
+patches by a registered method (Histo-DD by default, :class:`~monai_distill.methods.HistoDD`); those patches are the
+slide's synthetic bag, written in the bag format real bags use (:mod:`mil.bags`), so the MIL heads train on them
+unchanged and are tested on the real bags of held-out slides.
+
+What is shared by the whole cohort, fitted once and saved under the output directory (so every slide, every rank
+and every resumed run uses the same):
+
+* the normalisation (per-channel mean/std of a sample of patches from every slide): all bags live in one unit;
+* the stain template (Histo-DD §3.1: the sample patch whose statistics are closest to the sample's),
+  ``stain_template.json``;
+* the model pool S of Histo-DD (networks pretrained on that cohort sample, all classes), ``cache/model_pools/<key>/``.
+
+Per slide, the patches may hold one class only: the distiller keeps the cohort's classes (``num_classes``) and
+distils the classes present (``DistillConfig.allow_absent_classes``). A slide with fewer patches than ``ipc`` gets
+all of them as its bag's starting point (``n_synthetic`` records the count). Every slide is seeded from the run's
+seed and its id, so a slide's bag is the same whatever the sharding, the order or the other slides.
+
+Output layout::
+
+    OUT/tiling/...                  the wsi_tiling output (when ``slides`` is a slide folder or CSV, not a tiling)
+    OUT/bags/<slide_id>.pt          the synthetic bag (atomic)
+    OUT/png/<slide_id>.png          the synthetic bag (top row) beside a sample of the slide's real patches
+    OUT/status/<slide_id>.json      the slide's manifest row + fingerprint (resume bookkeeping)
+    OUT/manifest.csv                slide_id, label, n_patches, n_synthetic, status, seconds, error, split
+    OUT/cohort.json                 the shared normalisation, template, pool key and settings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from monai_distill.augment import StainTemplate
+from monai_distill.data import RealDataset, SyntheticSet
+from monai_distill.methods import DistillConfig, Distiller, get_method
+from monai_distill.networks import NETWORKS
+from monai_distill.presets import Preset, get_preset
+from monai_distill.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    check_output_dir,
+    resolve_device,
+    seed_everything,
+    to_bool,
+)
+from wsi import manifest as wsi_manifest
+from wsi.datasets import load_grids
+from wsi.distributed import barrier, dist_context
+from wsi.grid import PatchGrid
+from wsi.manifest import read_status, write_status
+from wsi.workflows import TilingWorkflow
+
+from .bags import DONE, Bag, BagDirectory, BagError, save_bag
+from .real_bags import FAILED, _fingerprint, _read_bag, bag_path, grid_label, run_cohort, subsample_grid
+
+__all__ = ["SyntheticBagsWorkflow", "png_path", "slide_seed"]
+
+logger = logging.getLogger(__name__)
+
+
+def png_path(output_dir: str | os.PathLike, slide_id: str) -> Path:
+    """Where the picture of ``slide_id``'s synthetic bag is written."""
+    return Path(output_dir) / "png" / f"{slide_id}.png"
+
+
+def slide_seed(seed: int, slide_id: str) -> int:
+    """The seed of one slide's distillation: the run's seed and the slide id, nothing else (sharding-invariant)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(slide_id.encode())) % (2**31 - 1)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class SyntheticBagsWorkflow:
+    """Distil every slide of a cohort into a synthetic bag (what the ``wsi_synthetic_bags`` bundle runs).
+
+    Args:
+        slides: a tiling output directory (``wsi_tiling``'s ``OUT``, with ``coords/``), or a slide folder / CSV
+            (``slide_path,label[,split][,slide_id]``), which is tiled first into ``output_dir/tiling``.
+        output_dir: where bags, PNGs and the manifest go.
+        ipc: synthetic patches per slide (per class present on the slide).
+        preset: ``quick`` or ``paper`` (Histo-DD's K, U, pool; see :class:`~monai_distill.methods.HistoDD`).
+        method: a registered distiller; ``histodd`` by default (``random``, ``dm``, ... for comparisons).
+        arch: the distillation network (Histo-DD: ResNetAP-10).
+        seed: base seed (each slide is seeded from it and its id, :func:`slide_seed`).
+        device: ``cuda`` when available by default.
+        split: only slides of this split (the tiling CSV's ``split`` column), e.g. ``"train"``.
+        max_patches: at most this many real patches per slide are distilled (seeded draw; ``None``: all).
+        pool_patches: patches per slide in the cohort sample that fits normalisation, stain template and model pool.
+        label_map: text label -> class index; numeric labels are used as they are.
+        num_classes: number of slide classes (default: from the labels of the cohort, at least 2).
+        preset_overrides: preset fields to change (e.g. ``{"width": 16}``).
+        method_options: method options over the preset's (e.g. ``{"iterations": 5}``).
+        tiling: ``wsi_tiling`` arguments when ``slides`` is not tiled yet (``patch_size``, ``level``, ``mpp``, ...).
+        backend: ``WSIReader`` backend reading patches (default: the one that tiled the slide).
+        png_real: real patches drawn beside the synthetic bag in each slide's PNG.
+        progress: progress bars (only on a terminal).
+    """
+
+    def __init__(
+        self,
+        slides: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        ipc: int = 10,
+        preset: str = "quick",
+        method: str = "histodd",
+        arch: str = "resnetap10",
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        split: str | None = None,
+        max_patches: int | None = None,
+        pool_patches: int = 64,
+        label_map: dict[str, int] | None = None,
+        num_classes: int | None = None,
+        preset_overrides: dict[str, Any] | None = None,
+        method_options: dict[str, Any] | None = None,
+        tiling: dict[str, Any] | None = None,
+        backend: str | None = None,
+        png_real: int = 10,
+        progress: bool = True,
+    ) -> None:
+        # Names and numbers are checked before any slide is read.
+        self.method_cls = get_method(method)
+        self.method = self.method_cls.name
+        self.arch = str(arch).lower()
+        NETWORKS.get(self.arch)
+        self.preset: Preset = get_preset(preset, 2, **(preset_overrides or {}))
+        self.ipc = int(ipc)
+        if self.ipc < 1:
+            raise ValueError(f"ipc must be >= 1, got {ipc}.")
+        self.pool_patches = int(pool_patches)
+        if self.pool_patches < 1:
+            raise ValueError(f"pool_patches must be >= 1, got {pool_patches}.")
+        self.max_patches = None if max_patches in (None, "", 0) else int(max_patches)
+        self.slides, self.output_dir = slides, Path(output_dir)
+        self.seed, self.split = int(seed), split or None
+        self.device = resolve_device(device)
+        self.label_map = dict(label_map) if label_map else None
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.method_options = dict(method_options or {})
+        self.tiling = dict(tiling or {})
+        self.backend = backend
+        self.png_real = int(png_real)
+        self.progress = to_bool(progress)
+
+    @property
+    def _sample_path(self) -> Path:
+        return self.output_dir / "cache" / "cohort_sample.pt"
+
+    # ------------------------------------------------------------------ the cohort
+    def _grids(self) -> tuple[list[PatchGrid], list[dict[str, Any]]]:
+        """Tiled slides to distil, and manifest rows of the slides that could not be tiled."""
+        source = Path(self.slides)
+        if not source.exists():
+            raise FileNotFoundError(f"--slides '{source}' does not exist (a slide folder, a slide CSV, or a tiling "
+                                    "output directory).")
+        if (source / "coords").is_dir():
+            tiling_dir = source
+        else:
+            tiling_dir = self.output_dir / "tiling"
+            TilingWorkflow(source, tiling_dir, progress=self.progress, **self.tiling).run()
+        failed_tiling = []
+        manifest = tiling_dir / "manifest.csv"
+        if manifest.is_file():
+            table = pd.read_csv(manifest, keep_default_na=False)
+            for row in table.to_dict("records"):
+                if row.get("status") != wsi_manifest.DONE and (self.split is None or row.get("split") == self.split):
+                    failed_tiling.append({"slide_id": row["slide_id"], "label": row.get("label"), "n_patches": 0,
+                                          "n_synthetic": 0, "status": row.get("status") or FAILED, "seconds": 0.0,
+                                          "error": f"tiling: {row.get('error', '')}", "split": row.get("split", "")})
+        grids = load_grids(tiling_dir) if (tiling_dir / "coords").is_dir() else []
+        if self.split is not None:
+            grids = [g for g in grids if g.split == self.split]
+        if not grids:
+            why = f", e.g. {failed_tiling[0]['slide_id']}: {failed_tiling[0]['error']}" if failed_tiling else ""
+            raise BagError(f"no tiled slide in '{tiling_dir}'" + (f" of split '{self.split}'" if self.split else "")
+                           + why)
+        return grids, failed_tiling
+
+    def _cohort_sample(self, grids: list[PatchGrid]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pool_patches`` real patches of every readable slide as float [0, 1], and their slide labels."""
+        images, labels, errors = [], [], []
+        for grid in tqdm(grids, desc="cohort sample", unit="slide", disable=None if self.progress else True):
+            try:
+                label = grid_label(grid, self.label_map)
+                bag = _read_bag(subsample_grid(grid, self.pool_patches, self.seed), label,
+                                self.backend or grid.info.backend, 64, 0, {})
+            except Exception as e:  # the slide will fail again, and be recorded, in its own step
+                errors.append(f"{grid.slide_id}: {e}")
+                logger.warning("cohort sample: slide %s skipped: %s", grid.slide_id, e)
+                continue
+            images.append(bag.patches.float() / 255.0)
+            labels.append(torch.full((len(bag),), label, dtype=torch.long))
+        if not images:
+            raise BagError(f"no slide of '{self.slides}' could be read, e.g. {errors[0]}")
+        return torch.cat(images), torch.cat(labels)
+
+    def _prepare_cohort(self, grids: list[PatchGrid]) -> dict[str, Any]:
+        """Fit (rank 0) or load the cohort's normalisation, stain template and model pool."""
+        path = self.output_dir / "cohort.json"
+        rank, _ = dist_context()
+        settings = {"pool_patches": self.pool_patches, "seed": self.seed, "slides": sorted(g.slide_id for g in grids),
+                    "label_map": self.label_map, "num_classes": self.num_classes}
+        if rank == 0:
+            old = json.loads(path.read_text()) if path.is_file() else {}
+            if old.get("settings") != settings or not self._sample_path.is_file():
+                images, labels = self._cohort_sample(grids)
+                num_classes = self.num_classes or max(2, int(labels.max()) + 1)
+                if int(labels.max()) >= num_classes:
+                    raise BagError(f"slide label {int(labels.max())} is not below num_classes={num_classes}.")
+                mean = images.mean(dim=(0, 2, 3)).tolist()
+                std = images.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+                template = StainTemplate.fit_dataset(images, source="cohort sample")
+                template.save(self.output_dir / "stain_template.json")
+                atomic_torch_save({"images": images, "labels": labels}, self._sample_path)
+                atomic_write_json({"settings": settings, "mean": mean, "std": std, "num_classes": num_classes,
+                                   "n_sample": len(images), "stain_template": "stain_template.json"}, path)
+        barrier()
+        cohort = json.loads(path.read_text())
+        cohort["class_names"] = self._class_names(cohort["num_classes"])
+        cohort["pool"] = self._pool(cohort) if self._uses_pool() else None
+        return cohort
+
+    def _class_names(self, num_classes: int) -> list[str]:
+        names = [f"class {c}" for c in range(num_classes)]
+        for text, c in (self.label_map or {}).items():
+            if 0 <= int(c) < num_classes:
+                names[int(c)] = str(text)
+        return names
+
+    def _uses_pool(self) -> bool:
+        return self.method == "histodd" and to_bool(self.method_options.get("model_augment", True))
+
+    def _options(self) -> dict[str, Any]:
+        opts = dict(self.method_options)
+        if self.method == "histodd":
+            opts.setdefault("stain_template", str(self.output_dir / "stain_template.json"))
+            opts.setdefault("pool_dir", str(self.output_dir / "cache"))
+        return opts
+
+    @staticmethod
+    def _normalise(images: torch.Tensor, cohort: dict[str, Any]) -> torch.Tensor:
+        """[0, 1] patches in the cohort's normalised units."""
+        mean = torch.tensor(cohort["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(cohort["std"]).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def _dataset(self, images: torch.Tensor, labels: torch.Tensor, cohort: dict[str, Any], name: str) -> RealDataset:
+        return RealDataset(images=self._normalise(images, cohort), labels=labels, num_classes=cohort["num_classes"],
+                           class_names=cohort["class_names"], mean=cohort["mean"], std=cohort["std"], name=name,
+                           source=str(self.slides))
+
+    def _distiller(self, real: RealDataset, ipc: int, seed: int) -> Distiller:
+        cfg = DistillConfig(ipc=ipc, arch=self.arch, preset=self.preset, seed=seed, options=self._options(),
+                            allow_absent_classes=True)
+        return self.method_cls(real, cfg, self.device)
+
+    def _pool(self, cohort: dict[str, Any]) -> Any:
+        """Histo-DD's model pool trained on the cohort sample: rank 0 trains and caches it, the others load it."""
+        sample = torch.load(self._sample_path, weights_only=True)
+        real = self._dataset(sample["images"], sample["labels"], cohort, "cohort")
+        rank, _ = dist_context()
+        pool = None
+        if rank == 0:
+            with torch.random.fork_rng(devices=[]):
+                pool = self._distiller(real, 1, self.seed).build_pool()
+        barrier()
+        if pool is None:
+            with torch.random.fork_rng(devices=[]):
+                pool = self._distiller(real, 1, self.seed).build_pool()  # loads rank 0's cached networks
+        return pool
+
+    # ------------------------------------------------------------------ one slide
+    def _settings(self, cohort: dict[str, Any]) -> dict[str, Any]:
+        return {"method": self.method, "ipc": self.ipc, "arch": self.arch, "preset": self.preset.name,
+                "preset_fields": _digest(dataclasses.asdict(self.preset)), "options": self._options(),
+                "seed": self.seed,
+                "max_patches": self.max_patches, "mean": cohort["mean"], "std": cohort["std"],
+                "num_classes": cohort["num_classes"], "pool": cohort["pool"].key if cohort["pool"] else None,
+                "template": _digest(json.loads((self.output_dir / "stain_template.json").read_text()))}
+
+    def process(self, grid: PatchGrid, cohort: dict[str, Any]) -> dict[str, Any]:
+        """Distil one slide, write its bag, PNG and status; return its manifest row (never raises for a bad slide)."""
+        start = time.perf_counter()
+        row: dict[str, Any] = {"slide_id": grid.slide_id, "label": grid.label, "n_patches": 0, "n_synthetic": 0,
+                               "status": FAILED, "seconds": 0.0, "error": "", "split": grid.split or ""}
+        path = bag_path(self.output_dir, grid.slide_id)
+        fingerprint = ""
+        try:
+            label = grid_label(grid, self.label_map)
+            row["label"] = label
+            sub = subsample_grid(grid, self.max_patches, self.seed)
+            fingerprint = _fingerprint(sub, label, self._settings(cohort))
+            old = read_status(self.output_dir, grid.slide_id)
+            if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
+                return {k: v for k, v in old.items() if k != "fingerprint"}
+            real_bag = _read_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
+            if len(real_bag) == 0:
+                raise BagError(f"slide '{grid.slide_id}' has no patch to distil.")
+            bag = self._distil(real_bag, grid, label, cohort, fingerprint)
+            save_bag(bag, path)
+            self._png(bag, real_bag, cohort)
+            row.update(n_patches=len(real_bag), n_synthetic=len(bag), status=DONE)
+        except Exception as e:  # one bad slide must not stop the cohort: record why and go on
+            row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+            path.unlink(missing_ok=True)
+            png_path(self.output_dir, grid.slide_id).unlink(missing_ok=True)
+            logger.warning("synthetic bag of %s failed: %s", grid.slide_id, row["error"])
+        row["seconds"] = round(time.perf_counter() - start, 3)
+        write_status(self.output_dir, row, fingerprint if row["status"] == DONE else "")
+        return row
+
+    def _distil(self, real_bag: Bag, grid: PatchGrid, label: int, cohort: dict[str, Any], fingerprint: str) -> Bag:
+        seed = slide_seed(self.seed, grid.slide_id)
+        ipc = min(self.ipc, len(real_bag))
+        if ipc < self.ipc:
+            logger.warning("slide %s has %d patches, fewer than ipc=%d: its bag starts from all of them",
+                           grid.slide_id, len(real_bag), self.ipc)
+        labels = torch.full((len(real_bag),), label, dtype=torch.long)
+        real = self._dataset(real_bag.patches.float() / 255.0, labels, cohort, grid.slide_id)
+        seed_everything(seed)
+        distiller = self._distiller(real, ipc, seed)
+        if cohort["pool"] is not None:
+            distiller.pool = cohort["pool"]
+        distiller.init_synthetic()
+        n = int(distiller.num_iterations)
+        losses: dict[str, float] = {}
+        bar = tqdm(range(n), desc=f"{self.method} {grid.slide_id}", leave=False,
+                   disable=None if self.progress and n else True)
+        for it in bar:
+            losses = distiller.step(it)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+        syn: SyntheticSet = distiller.synthetic_set()
+        meta = {"method": self.method, "ipc": ipc, "ipc_requested": self.ipc, "preset": self.preset.name,
+                "arch": self.arch, "seed": seed, "iterations": n, "final_losses": losses,
+                "slide_path": grid.slide_path, "n_real_patches": len(real_bag), "fingerprint": fingerprint,
+                "patch_size": int(grid.spec.patch_size), "level": int(grid.spec.level), "mpp": grid.spec.mpp,
+                "mean": cohort["mean"], "std": cohort["std"], "split": grid.split}
+        return Bag.from_synthetic_set(syn, grid.slide_id, label, meta=meta)
+
+    def _png(self, bag: Bag, real_bag: Bag, cohort: dict[str, Any]) -> None:
+        """Synthetic bag (row 0) beside a seeded sample of the slide's real patches (row 1)."""
+        gen = torch.Generator().manual_seed(slide_seed(self.seed, bag.slide_id))
+        idx = torch.randperm(len(real_bag), generator=gen)[: self.png_real]
+        real = self._normalise(real_bag.patches[idx].float() / 255.0, cohort)
+        images = torch.cat([bag.patches, real])
+        labels = torch.cat([torch.zeros(len(bag), dtype=torch.long), torch.ones(len(idx), dtype=torch.long)])
+        names = [f"synthetic label {bag.label}", "real sample"]
+        view = SyntheticSet(images, labels, meta={"mean": cohort["mean"], "std": cohort["std"], "class_names": names})
+        path = png_path(self.output_dir, bag.slide_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        view.to_png(path, max_per_class=max(self.ipc, self.png_real))
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> BagDirectory:
+        """Tile if needed, fit the cohort's shared parts, distil this rank's slides, merge ``manifest.csv``."""
+        check_output_dir(self.output_dir)
+        grids, failed_tiling = self._grids()
+        cohort = self._prepare_cohort(grids)
+        logger.info("synthetic bags: %d slide(s), method %s, ipc %d, preset %s, device %s -> %s", len(grids),
+                    self.method, self.ipc, self.preset.name, self.device, self.output_dir)
+        return run_cohort(grids, self.output_dir, lambda g: self.process(g, cohort), "synthetic bags",
+                          self.progress, extra_rows=failed_tiling)
