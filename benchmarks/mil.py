@@ -14,16 +14,16 @@ Steps, each resumable (a rerun skips what is done with the same settings):
 1. ``OUT/cohort``: ``--n_slides`` pyramidal TIFF slides of real tissue (``wsi.build_cohort``; 1/3 test by slide);
 2. ``OUT/tiling``: the ``wsi_tiling`` workflow on every slide;
 3. ``OUT/real_bags/{train,test}``: real bags of each split (``mil.make_real_bags``);
-4. synthetic bags: ``--synthetic NAME=DIR`` (bag directories made elsewhere), and/or ``--make_synthetic 10 50`` which
-   runs the ``wsi_synthetic_bags`` bundle on the training slides into ``OUT/synthetic_ipc<N>`` (once that bundle
-   exists; until then those rows are reported as pending);
+4. ``OUT/synthetic_ipc<N>``: the ``wsi_synthetic_bags`` bundle on the training slides of ``OUT/tiling`` (the same
+   patches the real bags hold), for each ``--make_synthetic`` ipc (default 10 and 50); ``--synthetic NAME=DIR``
+   adds bag directories made elsewhere;
 5. ``OUT/runs/<device>/<bags>/<head>/seed<k>``: the ``mil_slide_classification`` training workflow, in process,
    with one shared feature cache ``OUT/features``.
 
 Usage (repo root)::
 
-    python benchmarks/mil.py                                   # 40 slides, writes benchmarks/results/mil.md
-    python benchmarks/mil.py --make_synthetic 10 50 --devices cpu cuda
+    python benchmarks/mil.py                     # 40 slides, real + synthetic ipc 10/50 -> results/mil.md
+    python benchmarks/mil.py --devices cpu cuda  # the same, plus the GPU rows
     python benchmarks/mil.py --n_slides 12 --epochs 3 --seeds 0 --heads clam_sb abmil \
         --out runs/bench_mil_smoke --results runs/bench_mil_smoke/mil.md  # smoke run
 """
@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -91,24 +92,15 @@ def real_bags(out: Path, csv: Path, patch_size: int, level: int, max_patches: in
     return dirs
 
 
-def make_synthetic(out: Path, csv: Path, ipcs: list[int], extra: list[str]) -> dict[str, Path]:
-    """Run the per-slide distillation bundle on the training slides, once per ipc (the bundle resumes itself)."""
-    if not ipcs:
-        return {}
-    if not SYNTHETIC_BUNDLE.is_file():
-        _log(f"{SYNTHETIC_BUNDLE.relative_to(REPO)} does not exist yet: synthetic rows stay pending")
-        return {}
-    table = pd.read_csv(csv)
-    train_csv = out / "cohort" / "train.csv"
-    train = table[table.split == "train"].assign(slide_path=lambda t: [str((csv.parent / p).resolve())
-                                                                        for p in t.slide_path])
-    with atomic_path(train_csv) as tmp:
-        train.to_csv(tmp, index=False)
+def make_synthetic(out: Path, ipcs: list[int], extra: list[str], max_patches: int | None = None) -> dict[str, Path]:
+    """Run the per-slide distillation bundle on the training slides of ``OUT/tiling`` (the same patches the real
+    bags hold), once per ipc; the bundle resumes itself, so a rerun only finishes what is missing."""
     dirs = {}
     for ipc in ipcs:
         d = out / f"synthetic_ipc{ipc}"
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(SYNTHETIC_BUNDLE),
-               "--slides", str(train_csv), "--output_dir", str(d), "--ipc", str(ipc), *extra]
+               "--slides", str(out / "tiling"), "--split", "train", "--output_dir", str(d), "--ipc", str(ipc),
+               "--progress", "False", *(["--max_patches", str(max_patches)] if max_patches else []), *extra]
         _log("running " + " ".join(cmd))
         subprocess.run(cmd, cwd=REPO, check=True)
         dirs[f"synthetic ipc {ipc}"] = d
@@ -178,22 +170,22 @@ def write_markdown(path: Path, s: pd.DataFrame, args: argparse.Namespace, pendin
         lines.append(f"| — | {name} | all | pending | pending | — | — | — | — | — |")
     lines += [""]
     if pending:
-        lines += ["Pending rows: the per-slide synthetic bags (Histo-DD issue, `wsi_synthetic_bags` bundle) do not "
-                  "exist yet; rerun with `--make_synthetic 10 50` (or `--synthetic NAME=DIR`) once they do.", ""]
+        lines += ["Pending rows: no synthetic bags were made in this run; rerun with `--make_synthetic 10 50` (or "
+                  "`--synthetic NAME=DIR`).", ""]
     if facts.get("heatmap"):
         lines += [f"Attention heatmap of a held-out slide (CLAM-SB trained on real bags): `{facts['heatmap']}`.", ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / "runs" / "bench_mil"))
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "mil.md"))
     p.add_argument("--n_slides", type=int, default=40)
     p.add_argument("--size", type=int, nargs=2, default=(2048, 1536))
-    p.add_argument("--patch_size", type=int, default=64)
-    p.add_argument("--level", type=int, default=0)
+    p.add_argument("--patch_size", type=int, default=32)
+    p.add_argument("--level", type=int, default=1)
     p.add_argument("--max_patches", type=int, default=None)
     p.add_argument("--heads", nargs="+", default=list(HEADS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -202,11 +194,12 @@ def main() -> None:
     p.add_argument("--devices", nargs="+", default=["cuda" if torch.cuda.is_available() else "cpu"])
     p.add_argument("--num_threads", type=int, default=1, help="torch threads on CPU (1 is fastest for MIL steps)")
     p.add_argument("--synthetic", nargs="*", default=[], help="NAME=BAG_DIR pairs of existing synthetic bags")
-    p.add_argument("--make_synthetic", type=int, nargs="*", default=[], help="ipc values for wsi_synthetic_bags")
-    p.add_argument("--synthetic_args", nargs="*", default=["--preset", "quick"],
-                   help="extra arguments of the wsi_synthetic_bags command")
+    p.add_argument("--make_synthetic", type=int, nargs="*", default=[10, 50], help="ipc values for wsi_synthetic_bags")
+    p.add_argument("--synthetic_args", default="--preset quick",
+                   help="extra arguments of the wsi_synthetic_bags command, one string")
     p.add_argument("--cohort_seed", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument("--no_training", action="store_true", help="make the bags only (cohort, real, synthetic)")
+    args = p.parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
     csv = cohort(out, args.n_slides, tuple(args.size), args.cohort_seed)
@@ -215,8 +208,10 @@ def main() -> None:
     for item in args.synthetic:
         name, _, d = item.partition("=")
         sources[name] = Path(d)
-    sources.update(make_synthetic(out, csv, args.make_synthetic, args.synthetic_args))
+    sources.update(make_synthetic(out, args.make_synthetic, shlex.split(args.synthetic_args), args.max_patches))
     pending = [f"synthetic ipc {i}" for i in (10, 50) if f"synthetic ipc {i}" not in sources and not args.synthetic]
+    if args.no_training:
+        return
 
     rows, heatmap = [], None
     for device in args.devices:
