@@ -233,7 +233,10 @@ class SyntheticBagsWorkflow:
         barrier()
         cohort = json.loads(path.read_text())
         cohort["class_names"] = self._class_names(cohort["num_classes"])
-        cohort["pool"] = self._pool(cohort) if self._uses_pool() else None
+        data = torch.load(self._sample_path, weights_only=True)
+        sample = self._dataset(data["images"], data["labels"], cohort, "cohort")
+        cohort["pool"] = self._pool(sample) if self._uses_pool() else None
+        cohort["options"] = self._resolved_options(sample)
         return cohort
 
     def _class_names(self, num_classes: int) -> list[str]:
@@ -270,10 +273,16 @@ class SyntheticBagsWorkflow:
                             allow_absent_classes=True)
         return self.method_cls(real, cfg, self.device)
 
-    def _pool(self, cohort: dict[str, Any]) -> Any:
+    def _resolved_options(self, sample: RealDataset) -> dict[str, Any]:
+        """The options a slide's distiller runs with (preset and ipc defaults filled in), so that spelling out a
+        default value does not make a rerun redo finished slides."""
+        try:
+            return dict(getattr(self._distiller(sample, self.ipc, self.seed), "options", self._options()))
+        except ValueError:  # a class of the sample holds fewer than ipc patches
+            return self._options()
+
+    def _pool(self, real: RealDataset) -> Any:
         """Histo-DD's model pool trained on the cohort sample: rank 0 trains and caches it, the others load it."""
-        sample = torch.load(self._sample_path, weights_only=True)
-        real = self._dataset(sample["images"], sample["labels"], cohort, "cohort")
         rank, _ = dist_context()
         pool = None
         if rank == 0:
@@ -288,7 +297,7 @@ class SyntheticBagsWorkflow:
     # ------------------------------------------------------------------ one slide
     def _settings(self, cohort: dict[str, Any]) -> dict[str, Any]:
         return {"method": self.method, "ipc": self.ipc, "arch": self.arch, "preset": self.preset.name,
-                "preset_fields": _digest(dataclasses.asdict(self.preset)), "options": self._options(),
+                "preset_fields": _digest(dataclasses.asdict(self.preset)), "options": cohort["options"],
                 "seed": self.seed,
                 "max_patches": self.max_patches, "mean": cohort["mean"], "std": cohort["std"],
                 "num_classes": cohort["num_classes"], "pool": cohort["pool"].key if cohort["pool"] else None,
