@@ -55,6 +55,20 @@ def test_contract_3d(size, method, medmnist_dir, tmp_path):
     _check_outputs(out, method, "adrenalmnist3d", 2, 2, (1, size, size, size))
 
 
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_contract_matching_methods(method, dims, medmnist_dir, tmp_path):
+    """DC/DSA/DM through the foundation contract command (a few iterations: the loops themselves are tested in
+    tests/monai_distill/methods/test_dc_dsa_dm.py)."""
+    out = tmp_path / "out"
+    config, dataset, ipc, shape = ((TRAIN_2D, "breastmnist", 10, (1, 28, 28)) if dims == 2
+                                   else (TRAIN_3D, "adrenalmnist3d", 2, (1, 28, 28, 28)))
+    run_bundle(config, dataset=dataset, dataset_dir=medmnist_dir, method=method, ipc=ipc, preset="quick", seed=0,
+               output_dir=out, method_options="{'iterations': 2}", **FAST)
+    _check_outputs(out, method, dataset, ipc, 2, shape)
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 2
+
+
 def test_same_seed_same_numbers(medmnist_dir, tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
