@@ -19,13 +19,7 @@ TRAIN = "bundles/histodd_patches/configs/train.json"
 TINY = "{'iterations': 1, 'outer_loop': 1, 'batch_real': 8, 'batch_train': 16, 'pool_size': 1, 'pool_epochs': 1}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread is as fast, and far faster on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
