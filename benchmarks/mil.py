@@ -66,17 +66,21 @@ def _log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def cohort(out: Path, n_slides: int, size: tuple[int, int], seed: int) -> Path:
+def cohort(out: Path, n_slides: int, size: tuple[int, int], seed: int,
+           minority_range: tuple[float, float] = (0.1, 0.3)) -> Path:
     """The labelled cohort (built once; a different slide count or size is an error, not a silent reuse)."""
     csv = out / "cohort" / "cohort.csv"
     info = {"n_slides": n_slides, "size": list(size), "seed": seed}
+    if tuple(minority_range) != (0.1, 0.3):  # the default is left out so that existing cohorts keep their stamp
+        info["minority_range"] = list(minority_range)
     stamp = out / "cohort" / "benchmark_cohort.json"
     if csv.is_file() and stamp.is_file():
         if json.loads(stamp.read_text()) != info:
             raise SystemExit(f"'{out / 'cohort'}' holds another cohort ({stamp.read_text()}); use another --out.")
         return csv
     _log(f"building {n_slides} slides of {size[0]}x{size[1]} px")
-    build_cohort(out / "cohort", n_slides=n_slides, size=size, seed=seed, pools=load_pools(), progress=True)
+    build_cohort(out / "cohort", n_slides=n_slides, size=size, seed=seed, pools=load_pools(), progress=True,
+                 minority_range=tuple(minority_range))
     atomic_write_json(info, stamp)
     return csv
 
@@ -145,7 +149,8 @@ def write_markdown(path: Path, s: pd.DataFrame, args: argparse.Namespace, pendin
         f"`{facts['command']}` ({facts['seconds']:.0f} s). Machine: {facts['machine']}.",
         "",
         f"Cohort: {args.n_slides} pyramidal TIFF slides of real H&E tissue ({args.size[0]}x{args.size[1]} px level 0, "
-        f"half positive: a region of 10-30 % of the tissue from another source), split by slide: "
+        f"half positive: a region of {args.minority_range[0]:.0%}-{args.minority_range[1]:.0%} of the tissue from "
+        "another source), split by slide: "
         f"{facts['n_train']} training / {facts['n_test']} held-out slides. Patches {args.patch_size} px at level "
         f"{args.level}; real bags hold every kept patch"
         + (f" (at most {args.max_patches})" if args.max_patches else "")
@@ -198,11 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--synthetic_args", default="--preset quick",
                    help="extra arguments of the wsi_synthetic_bags command, one string")
     p.add_argument("--cohort_seed", type=int, default=0)
+    p.add_argument("--minority_range", type=float, nargs=2, default=(0.1, 0.3),
+                   help="share of a positive slide's tissue from the minority source (smaller: a harder task)")
     p.add_argument("--no_training", action="store_true", help="make the bags only (cohort, real, synthetic)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
-    csv = cohort(out, args.n_slides, tuple(args.size), args.cohort_seed)
+    csv = cohort(out, args.n_slides, tuple(args.size), args.cohort_seed, tuple(args.minority_range))
     real = real_bags(out, csv, args.patch_size, args.level, args.max_patches)
     sources: dict[str, Path] = {"real": real["train"]}
     for item in args.synthetic:
