@@ -22,7 +22,7 @@ Output layout::
 
     OUT/tiling/...                  the wsi_tiling output (when ``slides`` is a slide folder or CSV, not a tiling)
     OUT/bags/<slide_id>.pt          the synthetic bag (atomic)
-    OUT/png/<slide_id>.png          the synthetic bag (top row) beside a sample of the slide's real patches
+    OUT/png/<slide_id>.png          the synthetic bag, the real patches it started from, other real patches
     OUT/status/<slide_id>.json      the slide's manifest row + fingerprint (resume bookkeeping)
     OUT/manifest.csv                slide_id, label, n_patches, n_synthetic, status, seconds, error, split
     OUT/cohort.json                 the shared normalisation, template, pool key and settings
@@ -363,14 +363,22 @@ class SyntheticBagsWorkflow:
         return Bag.from_synthetic_set(syn, grid.slide_id, label, meta=meta)
 
     def _png(self, bag: Bag, real_bag: Bag, cohort: dict[str, Any]) -> None:
-        """Synthetic bag (row 0) beside a seeded sample of the slide's real patches (row 1)."""
+        """Three rows: the synthetic bag, the real patches it started from (when the method starts from real
+        patches), and other real patches of the slide (a seeded draw) — what distillation changed, and what the
+        slide looks like."""
+        start = [int(i) for i in bag.meta.get("init_indices") or []]
         gen = torch.Generator().manual_seed(slide_seed(self.seed, bag.slide_id))
-        idx = torch.randperm(len(real_bag), generator=gen)[: self.png_real]
-        real = self._normalise(real_bag.patches[idx].float() / 255.0, cohort)
-        images = torch.cat([bag.patches, real])
-        labels = torch.cat([torch.zeros(len(bag), dtype=torch.long), torch.ones(len(idx), dtype=torch.long)])
-        names = [f"synthetic label {bag.label}", "real sample"]
-        view = SyntheticSet(images, labels, meta={"mean": cohort["mean"], "std": cohort["std"], "class_names": names})
+        others = [int(i) for i in torch.randperm(len(real_bag), generator=gen) if int(i) not in set(start)]
+        rows = [(f"synthetic, label {bag.label}", bag.patches)]
+        if start:
+            rows.append(("real start", self._normalise(real_bag.patches[start].float() / 255.0, cohort)))
+        if others and self.png_real > 0:
+            rows.append(("other real", self._normalise(real_bag.patches[others[: self.png_real]].float() / 255.0,
+                                                       cohort)))
+        images = torch.cat([x for _, x in rows])
+        labels = torch.cat([torch.full((len(x),), r, dtype=torch.long) for r, (_, x) in enumerate(rows)])
+        view = SyntheticSet(images, labels, meta={"mean": cohort["mean"], "std": cohort["std"],
+                                                  "class_names": [name for name, _ in rows]})
         path = png_path(self.output_dir, bag.slide_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         view.to_png(path, max_per_class=max(self.ipc, self.png_real))
