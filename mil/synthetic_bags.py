@@ -13,6 +13,13 @@ and every resumed run uses the same):
   ``stain_template.json``;
 * the model pool S of Histo-DD (networks pretrained on that cohort sample, all classes), ``cache/model_pools/<key>/``.
 
+Patch labels: by default every patch of a slide carries the slide's label. With ``annotations`` (a folder of
+label masks ``<slide_id>.png``, any scale, 0 = unannotated, value k > 0 = class k - 1 unless ``annotation_labels``
+maps it), a patch whose footprint is at least half annotated takes the majority annotated class, the others keep the
+slide label; a slide then distils ``ipc`` patches of each class it shows (Histo-DD with patch labels, as the issue
+and seed 003 describe for slides with an annotation mask), so a small positive region is distilled as its own class
+instead of being averaged into the slide's majority tissue.
+
 Per slide, the patches may hold one class only: the distiller keeps the cohort's classes (``num_classes``) and
 distils the classes present (``DistillConfig.allow_absent_classes``). A slide with fewer patches than ``ipc`` gets
 all of them as its bag's starting point (``n_synthetic`` records the count). Every slide is seeded from the run's
@@ -40,8 +47,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from monai_distill.augment import StainTemplate
@@ -67,7 +76,7 @@ from wsi.workflows import TilingWorkflow
 from .bags import DONE, Bag, BagDirectory, BagError, save_bag
 from .real_bags import FAILED, _fingerprint, _read_bag, bag_path, grid_label, run_cohort, subsample_grid
 
-__all__ = ["SyntheticBagsWorkflow", "png_path", "slide_seed"]
+__all__ = ["SyntheticBagsWorkflow", "annotation_patch_labels", "png_path", "slide_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +89,41 @@ def png_path(output_dir: str | os.PathLike, slide_id: str) -> Path:
 def slide_seed(seed: int, slide_id: str) -> int:
     """The seed of one slide's distillation: the run's seed and the slide id, nothing else (sharding-invariant)."""
     return (int(seed) * 1_000_003 + zlib.crc32(slide_id.encode())) % (2**31 - 1)
+
+
+def annotation_patch_labels(
+    mask: np.ndarray, grid: PatchGrid, value_to_class: dict[int, int] | None = None
+) -> np.ndarray:
+    """Class of each patch of ``grid`` from a label mask of the slide (any scale), ``-1`` where unannotated.
+
+    A patch takes the most frequent non-zero mask value inside its level-0 footprint when non-zero values cover at
+    least half of it; value ``k`` is class ``value_to_class[k]`` (default ``k - 1``).
+
+    Raises:
+        ValueError: the mask is not a 2D label image, or holds a value that ``value_to_class`` does not map.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"annotation mask of '{grid.slide_id}' must be a 2D label image, got shape {mask.shape}.")
+    width, height = grid.info.dimensions[0]
+    sx, sy = mask.shape[1] / width, mask.shape[0] / height
+    fp = grid.spec.footprint
+    out = np.full(len(grid), -1, dtype=np.int64)
+    for i, (x, y) in enumerate(np.asarray(grid.coords)):
+        x0, y0 = int(x * sx), int(y * sy)
+        region = mask[y0 : max(y0 + 1, int((y + fp) * sy)), x0 : max(x0 + 1, int((x + fp) * sx))]
+        values, counts = np.unique(region[region > 0], return_counts=True)
+        if counts.sum() * 2 < region.size or len(values) == 0:
+            continue
+        value = int(values[np.argmax(counts)])
+        if value_to_class is not None and value not in value_to_class:
+            raise ValueError(f"annotation mask of '{grid.slide_id}' holds value {value}, which annotation_labels "
+                             f"{value_to_class} does not map.")
+        out[i] = value_to_class[value] if value_to_class is not None else value - 1
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _digest(value: Any) -> str:
@@ -108,6 +152,9 @@ class SyntheticBagsWorkflow:
         method_options: method options over the preset's (e.g. ``{"iterations": 5}``).
         tiling: ``wsi_tiling`` arguments when ``slides`` is not tiled yet (``patch_size``, ``level``, ``mpp``, ...).
         backend: ``WSIReader`` backend reading patches (default: the one that tiled the slide).
+        annotations: folder of label masks ``<slide_id>.png`` (see the module doc); slides without one use the slide
+            label for every patch.
+        annotation_labels: mask value -> class index (default: value k > 0 is class k - 1).
         png_real: real patches drawn beside the synthetic bag in each slide's PNG.
         progress: progress bars (only on a terminal).
     """
@@ -131,6 +178,8 @@ class SyntheticBagsWorkflow:
         method_options: dict[str, Any] | None = None,
         tiling: dict[str, Any] | None = None,
         backend: str | None = None,
+        annotations: str | os.PathLike | None = None,
+        annotation_labels: dict[int, int] | None = None,
         png_real: int = 10,
         progress: bool = True,
     ) -> None:
@@ -157,6 +206,11 @@ class SyntheticBagsWorkflow:
         self.backend = backend
         self.png_real = int(png_real)
         self.progress = to_bool(progress)
+        self.annotations = Path(annotations) if annotations else None
+        if self.annotations is not None and not self.annotations.is_dir():
+            raise FileNotFoundError(f"annotations folder '{self.annotations}' does not exist (one <slide_id>.png "
+                                    "label mask per annotated slide).")
+        self.annotation_labels = {int(k): int(v) for k, v in (annotation_labels or {}).items()} or None
 
     @property
     def _sample_path(self) -> Path:
@@ -192,20 +246,37 @@ class SyntheticBagsWorkflow:
                            + why)
         return grids, failed_tiling
 
+    def _annotation(self, grid: PatchGrid) -> Path | None:
+        if self.annotations is None:
+            return None
+        path = self.annotations / f"{grid.slide_id}.png"
+        return path if path.is_file() else None
+
+    def _patch_labels(self, grid: PatchGrid, label: int) -> torch.Tensor:
+        """Per-patch classes: the slide label, replaced by the annotation mask's class where it has one."""
+        labels = torch.full((len(grid),), label, dtype=torch.long)
+        path = self._annotation(grid)
+        if path is not None:
+            mask = np.asarray(Image.open(path))
+            found = torch.as_tensor(annotation_patch_labels(mask, grid, self.annotation_labels))
+            labels = torch.where(found >= 0, found, labels)
+        return labels
+
     def _cohort_sample(self, grids: list[PatchGrid]) -> tuple[torch.Tensor, torch.Tensor]:
         """``pool_patches`` real patches of every readable slide as float [0, 1], and their slide labels."""
         images, labels, errors = [], [], []
         for grid in tqdm(grids, desc="cohort sample", unit="slide", disable=None if self.progress else True):
             try:
                 label = grid_label(grid, self.label_map)
-                bag = _read_bag(subsample_grid(grid, self.pool_patches, self.seed), label,
-                                self.backend or grid.info.backend, 64, 0, {})
+                sub = subsample_grid(grid, self.pool_patches, self.seed)
+                bag = _read_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
+                patch_labels = self._patch_labels(sub, label)
             except Exception as e:  # the slide will fail again, and be recorded, in its own step
                 errors.append(f"{grid.slide_id}: {e}")
                 logger.warning("cohort sample: slide %s skipped: %s", grid.slide_id, e)
                 continue
             images.append(bag.patches.float() / 255.0)
-            labels.append(torch.full((len(bag),), label, dtype=torch.long))
+            labels.append(patch_labels)
         if not images:
             raise BagError(f"no slide of '{self.slides}' could be read, e.g. {errors[0]}")
         return torch.cat(images), torch.cat(labels)
@@ -215,7 +286,9 @@ class SyntheticBagsWorkflow:
         path = self.output_dir / "cohort.json"
         rank, _ = dist_context()
         settings = {"pool_patches": self.pool_patches, "seed": self.seed, "slides": sorted(g.slide_id for g in grids),
-                    "label_map": self.label_map, "num_classes": self.num_classes}
+                    "label_map": self.label_map, "num_classes": self.num_classes,
+                    "annotations": str(self.annotations) if self.annotations else None,
+                    "annotation_labels": self.annotation_labels}
         if rank == 0:
             old = json.loads(path.read_text()) if path.is_file() else {}
             if old.get("settings") != settings or not self._sample_path.is_file():
@@ -314,14 +387,16 @@ class SyntheticBagsWorkflow:
             label = grid_label(grid, self.label_map)
             row["label"] = label
             sub = subsample_grid(grid, self.max_patches, self.seed)
-            fingerprint = _fingerprint(sub, label, self._settings(cohort))
+            annotation = self._annotation(sub)
+            settings = {**self._settings(cohort), "annotation": _file_digest(annotation) if annotation else None}
+            fingerprint = _fingerprint(sub, label, settings)
             old = read_status(self.output_dir, grid.slide_id)
             if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
                 return {k: v for k, v in old.items() if k != "fingerprint"}
             real_bag = _read_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
             if len(real_bag) == 0:
                 raise BagError(f"slide '{grid.slide_id}' has no patch to distil.")
-            bag = self._distil(real_bag, grid, label, cohort, fingerprint)
+            bag = self._distil(real_bag, grid, self._patch_labels(sub, label), label, cohort, fingerprint)
             save_bag(bag, path)
             self._png(bag, real_bag, cohort)
             row.update(n_patches=len(real_bag), n_synthetic=len(bag), status=DONE)
@@ -334,13 +409,17 @@ class SyntheticBagsWorkflow:
         write_status(self.output_dir, row, fingerprint if row["status"] == DONE else "")
         return row
 
-    def _distil(self, real_bag: Bag, grid: PatchGrid, label: int, cohort: dict[str, Any], fingerprint: str) -> Bag:
+    def _distil(self, real_bag: Bag, grid: PatchGrid, labels: torch.Tensor, label: int, cohort: dict[str, Any],
+                fingerprint: str) -> Bag:
         seed = slide_seed(self.seed, grid.slide_id)
-        ipc = min(self.ipc, len(real_bag))
+        if int(labels.max()) >= cohort["num_classes"]:
+            raise BagError(f"slide '{grid.slide_id}': patch class {int(labels.max())} is not below num_classes="
+                           f"{cohort['num_classes']} (check annotation_labels).")
+        smallest = int(torch.bincount(labels)[torch.unique(labels)].min())
+        ipc = min(self.ipc, smallest)
         if ipc < self.ipc:
-            logger.warning("slide %s has %d patches, fewer than ipc=%d: its bag starts from all of them",
-                           grid.slide_id, len(real_bag), self.ipc)
-        labels = torch.full((len(real_bag),), label, dtype=torch.long)
+            logger.warning("slide %s has %d patches of its smallest class, fewer than ipc=%d: ipc %d for this slide",
+                           grid.slide_id, smallest, self.ipc, ipc)
         real = self._dataset(real_bag.patches.float() / 255.0, labels, cohort, grid.slide_id)
         seed_everything(seed)
         distiller = self._distiller(real, ipc, seed)
@@ -359,7 +438,9 @@ class SyntheticBagsWorkflow:
                 "arch": self.arch, "seed": seed, "iterations": n, "final_losses": losses,
                 "slide_path": grid.slide_path, "n_real_patches": len(real_bag), "fingerprint": fingerprint,
                 "patch_size": int(grid.spec.patch_size), "level": int(grid.spec.level), "mpp": grid.spec.mpp,
-                "mean": cohort["mean"], "std": cohort["std"], "split": grid.split}
+                "mean": cohort["mean"], "std": cohort["std"], "split": grid.split,
+                "patch_classes": syn.labels.tolist() if syn.labels.ndim == 1 else None,
+                "annotated": self._annotation(grid) is not None}
         return Bag.from_synthetic_set(syn, grid.slide_id, label, meta=meta)
 
     def _png(self, bag: Bag, real_bag: Bag, cohort: dict[str, Any]) -> None:

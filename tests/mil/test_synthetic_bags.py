@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from mil.bags import BagDirectory, BagError, load_bag
 from mil.real_bags import _read_bag
-from mil.synthetic_bags import SyntheticBagsWorkflow, png_path, slide_seed
+from mil.synthetic_bags import SyntheticBagsWorkflow, annotation_patch_labels, png_path, slide_seed
 from monai_distill.data import ClassBalancedSampler, RealDataset
 from wsi.cohort import build_cohort, load_pools
 from wsi.grid import PatchGrid
@@ -150,6 +152,30 @@ def test_bad_input_is_named(tmp_path: Path, bundle_run: Path, shared_data: Path)
     with pytest.raises(BagError, match="level 5 was requested"):
         SyntheticBagsWorkflow(shared_data / "wsi", tmp_path / "untiled", method="random", progress=False,
                               tiling={"patch_size": 256, "level": 5}).run()
+
+
+def test_annotation_masks_give_patch_labels(tmp_path: Path, bundle_run: Path, cohort) -> None:
+    """With the cohort's annotation masks (1 majority tissue, 2 minority region), positive slides distil their
+    minority region as its own class: their bags hold patches of both classes, negative slides' bags of class 0."""
+    csv, table = cohort
+    annotations = csv.parent / "annotations"
+    out = SyntheticBagsWorkflow(bundle_run / "tiling", tmp_path, ipc=2, method="random", annotations=annotations,
+                                progress=False).run()
+    positive = dict(zip(table.slide_id, table.label))
+    for bag in out:
+        classes = set(bag.meta["patch_classes"])
+        assert bag.meta["annotated"] and bag.label == positive[bag.slide_id]
+        assert classes == ({0, 1} if bag.label == 1 else {0}), (bag.slide_id, classes)
+        assert len(bag) == 2 * len(classes)
+    grid = PatchGrid.load(bundle_run / "tiling" / "coords" / "slide_001.json")
+    mask = np.asarray(Image.open(annotations / "slide_001.png"))
+    labels = annotation_patch_labels(mask, grid)
+    assert set(labels.tolist()) <= {-1, 0, 1} and (labels == 1).any()
+    assert (annotation_patch_labels(mask, grid, {1: 1, 2: 0}) == np.where(labels >= 0, 1 - labels, -1)).all()
+    with pytest.raises(ValueError, match="does not map"):
+        annotation_patch_labels(mask, grid, {1: 0})
+    with pytest.raises(FileNotFoundError, match="annotations folder"):
+        SyntheticBagsWorkflow(bundle_run / "tiling", tmp_path, annotations=tmp_path / "nope")
 
 
 def test_slide_seed_depends_only_on_seed_and_id() -> None:
