@@ -388,7 +388,9 @@ class SyntheticBagsWorkflow:
             row["label"] = label
             sub = subsample_grid(grid, self.max_patches, self.seed)
             annotation = self._annotation(sub)
-            settings = {**self._settings(cohort), "annotation": _file_digest(annotation) if annotation else None}
+            settings = self._settings(cohort)
+            if annotation is not None:  # absent for unannotated slides: their fingerprints stay those of before
+                settings["annotation"] = _file_digest(annotation)
             fingerprint = _fingerprint(sub, label, settings)
             old = read_status(self.output_dir, grid.slide_id)
             if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
