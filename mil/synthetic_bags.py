@@ -310,6 +310,7 @@ class SyntheticBagsWorkflow:
         sample = self._dataset(data["images"], data["labels"], cohort, "cohort")
         cohort["pool"] = self._pool(sample) if self._uses_pool() else None
         cohort["options"] = self._resolved_options(sample)
+        cohort["settings"] = self._settings(cohort)  # what every slide's fingerprint shares, computed once
         return cohort
 
     def _class_names(self, num_classes: int) -> list[str]:
@@ -388,7 +389,7 @@ class SyntheticBagsWorkflow:
             row["label"] = label
             sub = subsample_grid(grid, self.max_patches, self.seed)
             annotation = self._annotation(sub)
-            settings = self._settings(cohort)
+            settings = dict(cohort["settings"])
             if annotation is not None:  # absent for unannotated slides: their fingerprints stay those of before
                 settings["annotation"] = _file_digest(annotation)
             fingerprint = _fingerprint(sub, label, settings)
