@@ -20,14 +20,8 @@ from pathlib import Path
 
 import torch
 from monai.bundle import run
-
-NOTES_OPEN, NOTES_CLOSE = "<!-- notes -->", "<!-- /notes -->"
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = {2: "bundles/medmnist2d_distillation/configs", 3: "bundles/organmnist3d_distillation/configs"}
-
-
-def _dims(flag: str) -> int:
-    return 3 if flag.endswith("3d") else 2
+from trajectory_common import BUNDLE, REPO, fmt, kept_notes
+from trajectory_common import dims as _dims
 
 
 def _run_once(out: Path, config: str, table_only: bool = False, **overrides) -> dict | None:
@@ -37,21 +31,6 @@ def _run_once(out: Path, config: str, table_only: bool = False, **overrides) -> 
             return None
         run(config_file=str(REPO / config), output_dir=str(out), progress=False, **overrides)
     return json.loads(metrics.read_text())
-
-
-def _fmt(m: dict, key: str) -> str:
-    return f"{100 * m[f'test_{key}_mean']:.1f} ± {100 * m[f'test_{key}_std']:.1f}"
-
-
-def _kept_notes(path: Path) -> list[str]:
-    """Hand-written notes between ``<!-- notes -->`` markers of an existing table survive a rewrite."""
-    if not path.exists():
-        return []
-    text = path.read_text()
-    start, end = text.find(NOTES_OPEN), text.find(NOTES_CLOSE)
-    if start < 0 or end < start:
-        return []
-    return [text[start : end + len(NOTES_CLOSE)], ""]
 
 
 def main() -> None:
@@ -72,7 +51,7 @@ def main() -> None:
     rows: list[str] = []
     start = time.perf_counter()
 
-    notes = _kept_notes(Path(args.out))
+    notes = kept_notes(Path(args.out))
 
     def write() -> None:
         machine = f"{platform.system()} {platform.machine()}, {torch.get_num_threads()} torch threads, device {device}"
@@ -103,7 +82,7 @@ def main() -> None:
                     rows.append(f"| {flag} | {method} | {ipc} | pending | | | | | | |")
                     continue
                 rows.append(
-                    f"| {flag} | {method} | {ipc} | {_fmt(m, 'acc')} | {_fmt(m, 'balanced_acc')} | {_fmt(m, 'auc')} "
+                    f"| {flag} | {method} | {ipc} | {fmt(m, 'acc')} | {fmt(m, 'balanced_acc')} | {fmt(m, 'auc')} "
                     f"| {m['n_eval_models']} | {m['eval_epochs']} | {m['distill_seconds']:.1f} "
                     f"| {m['eval_seconds']:.0f} |"
                 )
@@ -116,8 +95,8 @@ def main() -> None:
             write()
             continue
         rows.append(
-            f"| {flag} | full | all ({m['n_train_images']}) | {_fmt(m, 'acc')} | {_fmt(m, 'balanced_acc')} "
-            f"| {_fmt(m, 'auc')} | {m['n_eval_models']} | {m['eval_epochs']} | – | {m['eval_seconds']:.0f} |"
+            f"| {flag} | full | all ({m['n_train_images']}) | {fmt(m, 'acc')} | {fmt(m, 'balanced_acc')} "
+            f"| {fmt(m, 'auc')} | {m['n_eval_models']} | {m['eval_epochs']} | – | {m['eval_seconds']:.0f} |"
         )
         write()
         print(rows[-1], flush=True)

@@ -6,6 +6,10 @@ of the dataset's ``configs/`` entry, one directory per dataset) and the same ite
 the preset's config, or ``--iterations``). Writes ``benchmarks/results/trajectory.md`` and one PNG per dataset
 (accuracy against ipc). Resumable: finished runs are skipped, unfinished ones continue from their checkpoint.
 
+Every finished cell also goes into ``benchmarks/results/trajectory.json`` (committed, unlike ``runs/``), and the
+table is written from that record: a later session (or a second process, on the other core) may run one column
+with ``--datasets ...`` and the other columns stay in the table. Notes between ``<!-- notes -->`` markers survive.
+
 Usage (repo root)::
 
     python benchmarks/trajectory.py                       # the full table, quick preset (hours on a 2-core CPU)
@@ -21,16 +25,39 @@ import time
 from pathlib import Path
 
 import torch
-from trajectory_common import BUNDLE, DATA, REPO, dims, fmt, machine, run_bundle, write_md
+from trajectory_common import (
+    BUNDLE,
+    DATA,
+    REPO,
+    dims,
+    fmt,
+    kept_notes,
+    machine,
+    record_entry,
+    results_record,
+    run_bundle,
+    write_md,
+)
 
 from monai_distill.plotting import line_plot
 
 TRAJECTORY = ("mtt", "ftd", "datm", "hoptm", "ptm")
+DATASETS = ("breastmnist", "pneumoniamnist", "adrenalmnist3d")
+
+
+def _key(dataset: str, method: str, ipc: int) -> str:
+    return f"{dataset}|{method}|{ipc}"
+
+
+def _parse_key(key: str) -> tuple[str, str, int]:
+    dataset, method, ipc = key.split("|")
+    return dataset, method, int(ipc)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist", "adrenalmnist3d"])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="the datasets to run; the table also "
+                   "keeps every other dataset found in the record")
     p.add_argument("--methods", nargs="+", default=["random", "herding", "mtt", "ftd", "datm", "hoptm", "ptm"])
     p.add_argument("--ipcs", nargs="+", type=int, default=[2, 10])
     p.add_argument("--preset", default="quick")
@@ -44,9 +71,11 @@ def main() -> None:
     p.add_argument("--dataset_dir", default=str(DATA))
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
+    p.add_argument("--record", default=None, help="default: --out with .json")
     p.add_argument("--table_only", action="store_true", help="write the table from the runs on disk, run nothing")
     args = p.parse_args()
     work, out_md = Path(args.work_dir), Path(args.out)
+    record_path = Path(args.record) if args.record else out_md.with_suffix(".json")
     start = time.perf_counter()
     common = {"preset": args.preset, "seed": args.seed, "device": args.device, "dataset_dir": args.dataset_dir,
               "eval_models": args.eval_models}
@@ -64,8 +93,19 @@ def main() -> None:
             opts["num_iterations"] = args.iterations
         return opts
 
+    def remember(dataset: str, method: str, ipc: int, metrics: dict) -> None:
+        """Put one finished cell into the record and reload every cell (other processes may have added some)."""
+        with results_record(record_path) as record:
+            record[_key(dataset, method, ipc)] = record_entry(metrics)
+            results.update({_parse_key(k): v for k, v in record.items()})
+
+    with results_record(record_path) as record:
+        results.update({_parse_key(k): v for k, v in record.items()})
+
     def write() -> None:
-        cols = [(d, i) for d in args.datasets for i in args.ipcs]
+        known = {d for d, _, _ in results} | set(args.datasets)
+        datasets = [d for d in DATASETS if d in known] + sorted(known - set(DATASETS))
+        cols = [(d, i) for d in datasets for i in args.ipcs]
         lines = [
             "# Trajectory matching on MedMNIST (real data): test accuracy %, mean ± std over evaluation networks",
             "",
@@ -104,7 +144,7 @@ def main() -> None:
                      for d, i in cols]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "## Target: PTM at ipc 2 at least as good as every other method (seed 000's central claim)", ""]
-        for d in args.datasets:
+        for d in datasets:
             ptm = results.get((d, "ptm", 2))
             others = {m: results[(d, m, 2)] for m in args.methods if m != "ptm" and (d, m, 2) in results}
             if not ptm or not others:
@@ -114,8 +154,9 @@ def main() -> None:
             gap = 100 * (ptm["test_acc_mean"] - others[best]["test_acc_mean"])
             verdict = "met" if gap >= 0 else f"missed by {-gap:.1f} points"
             lines.append(f"- {d}: PTM {fmt(ptm)} vs best other `{best}` {fmt(others[best])}: {verdict}.")
+        lines += ["", *kept_notes(out_md)]
         write_md(out_md, lines)
-        for d in args.datasets:
+        for d in datasets:
             series = {m: (args.ipcs, [100 * results[(d, m, i)]["test_acc_mean"] if (d, m, i) in results
                                       else float("nan") for i in args.ipcs]) for m in args.methods}
             line_plot(series, out_md.with_name(f"{out_md.stem}_{d}.png"), title=f"{d}: test accuracy",
@@ -129,19 +170,19 @@ def main() -> None:
                 out = work / d / f"{method}_ipc{ipc}"
                 if args.table_only:
                     if (out / "metrics.json").is_file():
-                        results[(d, method, ipc)] = json.loads((out / "metrics.json").read_text())
+                        remember(d, method, ipc, json.loads((out / "metrics.json").read_text()))
                     continue
-                results[(d, method, ipc)] = run_bundle(
+                remember(d, method, ipc, run_bundle(
                     out, f"{config}/train.json", args.threads, dataset=d, method=method, ipc=ipc,
-                    buffer_dir=buffer_dir, method_options=options(method), **common)
+                    buffer_dir=buffer_dir, method_options=options(method), **common))
                 write()
                 print(d, method, ipc, fmt(results[(d, method, ipc)]), flush=True)
         if args.table_only:
             if (work / d / "full" / "metrics.json").is_file():
-                results[(d, "full", 0)] = json.loads((work / d / "full" / "metrics.json").read_text())
+                remember(d, "full", 0, json.loads((work / d / "full" / "metrics.json").read_text()))
             continue
-        results[(d, "full", 0)] = run_bundle(work / d / "full", f"{config}/evaluate.json", args.threads,
-                                             synthetic="full", dataset=d, **common)
+        remember(d, "full", 0, run_bundle(work / d / "full", f"{config}/evaluate.json", args.threads,
+                                          synthetic="full", dataset=d, **common))
         write()
     write()
 

@@ -8,11 +8,14 @@ resident set size on CPU, ``torch.cuda.max_memory_allocated`` on a GPU) belongs 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "medmnist"
 BUNDLE = {2: "bundles/medmnist2d_distillation/configs", 3: "bundles/organmnist3d_distillation/configs"}
+NOTES_OPEN, NOTES_CLOSE = "<!-- notes -->", "<!-- /notes -->"
+# What a table cell needs of a run's metrics.json; the record keeps only these, so it stays small enough to commit.
+RECORD_KEYS = ("test_acc_mean", "test_acc_std", "test_balanced_acc_mean", "test_balanced_acc_std", "test_auc_mean",
+               "test_auc_std", "distill_seconds", "eval_seconds", "peak_memory_mb", "n_eval_models", "eval_epochs")
 
 
 def dims(flag: str) -> int:
@@ -70,4 +77,39 @@ def fmt(m: dict[str, Any], key: str = "acc") -> str:
 
 def write_md(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def kept_notes(path: Path) -> list[str]:
+    """Hand-written notes between ``<!-- notes -->`` markers of an existing table survive a rewrite."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    start, end = text.find(NOTES_OPEN), text.find(NOTES_CLOSE)
+    if start < 0 or end < start:
+        return []
+    return [text[start : end + len(NOTES_CLOSE)], ""]
+
+
+@contextmanager
+def results_record(path: Path) -> Iterator[dict[str, dict[str, Any]]]:
+    """The committed record of finished cells (``"dataset|method|ipc"`` -> metrics), read and written under a lock.
+
+    Run directories are not committed (``runs/`` is ignored), so without the record a later session that runs one
+    column would lose every other column of the table. Several benchmark processes may share one record: each
+    update re-reads it under an exclusive lock, merges its own cells and writes it atomically.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        yield record
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+
+def record_entry(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in RECORD_KEYS if k in metrics}
