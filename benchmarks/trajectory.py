@@ -43,6 +43,7 @@ from monai_distill.plotting import line_plot
 
 TRAJECTORY = ("mtt", "ftd", "datm", "hoptm", "ptm")
 DATASETS = ("breastmnist", "pneumoniamnist", "adrenalmnist3d")
+METHODS = ("random", "herding", *TRAJECTORY)
 
 
 def _key(dataset: str, method: str, ipc: int) -> str:
@@ -58,7 +59,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="the datasets to run; the table also "
                    "keeps every other dataset found in the record")
-    p.add_argument("--methods", nargs="+", default=["random", "herding", "mtt", "ftd", "datm", "hoptm", "ptm"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--ipcs", nargs="+", type=int, default=[2, 10])
     p.add_argument("--preset", default="quick")
     p.add_argument("--eval_models", type=int, default=5)
@@ -72,6 +73,8 @@ def main() -> None:
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
     p.add_argument("--record", default=None, help="default: --out with .json")
+    p.add_argument("--skip_full", action="store_true", help="do not run the full-train row (e.g. in a second "
+                   "process that shares the record)")
     p.add_argument("--table_only", action="store_true", help="write the table from the runs on disk, run nothing")
     args = p.parse_args()
     work, out_md = Path(args.work_dir), Path(args.out)
@@ -103,16 +106,22 @@ def main() -> None:
         results.update({_parse_key(k): v for k, v in record.items()})
 
     def write() -> None:
+        # Rows and columns: what this invocation runs plus everything the record holds.
         known = {d for d, _, _ in results} | set(args.datasets)
         datasets = [d for d in DATASETS if d in known] + sorted(known - set(DATASETS))
-        cols = [(d, i) for d in datasets for i in args.ipcs]
+        known = {m for _, m, _ in results if m != "full"} | set(args.methods)
+        methods = [m for m in METHODS if m in known] + sorted(known - set(METHODS))
+        ipcs = sorted({i for _, m, i in results if m != "full"} | set(args.ipcs))
+        cols = [(d, i) for d in datasets for i in ipcs]
         lines = [
             "# Trajectory matching on MedMNIST (real data): test accuracy %, mean ± std over evaluation networks",
             "",
             f"Preset `{args.preset}`{f' (width {args.width})' if args.width else ''}, seed {args.seed}, "
             f"{args.eval_models} evaluation networks per cell, machine: {machine(args.device, args.threads)}. "
-            f"Command: `python benchmarks/trajectory.py`. Wall time of this invocation "
-            f"{(time.perf_counter() - start) / 60:.1f} min (runs already on disk are not re-timed).",
+            "Command: `python benchmarks/trajectory.py` (cells may come from several invocations; the record "
+            "`trajectory.json` holds them)."
+            + ("" if args.table_only else f" Wall time of the last invocation {(time.perf_counter() - start) / 60:.1f}"
+               " min (runs already on disk are not re-timed)."),
             "",
             "Every trajectory method uses the same flat (GSAM) expert buffer per dataset and the iteration budget of "
             "the dataset's `configs/` entry" + (f" overridden to {args.iterations}" if args.iterations else "")
@@ -122,7 +131,7 @@ def main() -> None:
             "| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |",
             "|---|" + "---|" * len(cols),
         ]
-        for method in [*args.methods, "full"]:
+        for method in [*methods, "full"]:
             cells = []
             for d, i in cols:
                 m = results.get((d, method, i if method != "full" else 0))
@@ -131,7 +140,7 @@ def main() -> None:
         lines += ["", "Balanced accuracy % (mean per-class recall; BreastMNIST and PneumoniaMNIST are imbalanced, so "
                   "plain accuracy rewards predicting the majority class):", "",
                   "| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |", "|---|" + "---|" * len(cols)]
-        for method in [*args.methods, "full"]:
+        for method in [*methods, "full"]:
             cells = []
             for d, i in cols:
                 m = results.get((d, method, i if method != "full" else 0))
@@ -139,14 +148,14 @@ def main() -> None:
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "Distillation seconds (experts excluded after the first run that builds them):", "",
                   "| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |", "|---|" + "---|" * len(cols)]
-        for method in args.methods:
+        for method in methods:
             cells = [f"{results[(d, method, i)]['distill_seconds']:.0f}" if (d, method, i) in results else "–"
                      for d, i in cols]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "## Target: PTM at ipc 2 at least as good as every other method (seed 000's central claim)", ""]
         for d in datasets:
             ptm = results.get((d, "ptm", 2))
-            others = {m: results[(d, m, 2)] for m in args.methods if m != "ptm" and (d, m, 2) in results}
+            others = {m: results[(d, m, 2)] for m in methods if m != "ptm" and (d, m, 2) in results}
             if not ptm or not others:
                 lines.append(f"- {d}: not run yet.")
                 continue
@@ -157,8 +166,8 @@ def main() -> None:
         lines += ["", *kept_notes(out_md)]
         write_md(out_md, lines)
         for d in datasets:
-            series = {m: (args.ipcs, [100 * results[(d, m, i)]["test_acc_mean"] if (d, m, i) in results
-                                      else float("nan") for i in args.ipcs]) for m in args.methods}
+            series = {m: (ipcs, [100 * results[(d, m, i)]["test_acc_mean"] if (d, m, i) in results
+                                 else float("nan") for i in ipcs]) for m in methods}
             line_plot(series, out_md.with_name(f"{out_md.stem}_{d}.png"), title=f"{d}: test accuracy",
                       xlabel="ipc", ylabel="accuracy %", markers=True)
 
@@ -177,6 +186,8 @@ def main() -> None:
                     buffer_dir=buffer_dir, method_options=options(method), **common))
                 write()
                 print(d, method, ipc, fmt(results[(d, method, ipc)]), flush=True)
+        if args.skip_full:
+            continue
         if args.table_only:
             if (work / d / "full" / "metrics.json").is_file():
                 remember(d, "full", 0, json.loads((work / d / "full" / "metrics.json").read_text()))
