@@ -4,8 +4,9 @@ Variants: ``full``; ``no-progressive`` (MTT's random start window and fixed segm
 with a growing end step); ``no-overlap`` (no L_overlap; retraining stays); ``no-retrain`` (no dynamic retraining;
 L_overlap stays); ``no-overlap-retrain``; ``no-L_c`` (no cross-entropy term in the image loss); with ``--variants``
 also ``T=4``/``T=2`` (PTM's last end step, which the seeds do not give, instead of the configs' 10). Writes
-``benchmarks/results/ptm_ablation.md`` and ``ptm_ablation.png``. Resumable; by default it reuses the expert
-buffers of ``benchmarks/trajectory.py`` (same ``--buffer_dir``), so the numbers line up with that table.
+``benchmarks/results/ptm_ablation.md`` and ``ptm_ablation.png``, from the committed record ``ptm_ablation.json``
+(every finished cell; a later run of some variants keeps the others in the table). Resumable; by default it reuses
+the expert buffers of ``benchmarks/trajectory.py`` (same ``--buffer_dir``), so the numbers line up with that table.
 
 Usage (repo root)::
 
@@ -20,8 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-from trajectory_common import BUNDLE, DATA, REPO, dims, fmt, machine, run_bundle, write_md
+import trajectory_common as bench
+from trajectory_common import BUNDLE, REPO, dims, fmt, kept_notes, machine, run_bundle, write_md
 
 from monai_distill.plotting import line_plot
 
@@ -35,6 +36,8 @@ VARIANTS = {
     # Sensitivity to T, the last end step (the seeds do not give it): not an ablation, run with --variants.
     "T=4": {"max_end_epoch": 4},
     "T=2": {"max_end_epoch": 2},
+    # Eq. 5 read literally: L_c at weight 1 beside β1·L_match (the package's default ce_weight is 0.1).
+    "L_c=1": {"ce_weight": 1.0},
 }
 ABLATIONS = ["full", "no-progressive", "no-overlap", "no-retrain", "no-overlap-retrain", "no-L_c"]
 
@@ -44,31 +47,26 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
     p.add_argument("--ipcs", nargs="+", type=int, default=[2, 10])
     p.add_argument("--variants", nargs="+", default=ABLATIONS, choices=list(VARIANTS))
-    p.add_argument("--preset", default="quick")
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--eval_models", type=int, default=5)
-    p.add_argument("--eval_epochs", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dataset_dir", default=str(DATA))
+    bench.add_run_arguments(p)
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_ptm_ablation"))
     p.add_argument("--buffer_dir", default=str(REPO / "runs" / "bench_trajectory" / "buffers"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ptm_ablation.md"))
+    p.add_argument("--record", default=None, help="default: --out with .json")
+    p.add_argument("--table_only", action="store_true", help="write the table from the record, run nothing")
     args = p.parse_args()
     work, out_md = Path(args.work_dir), Path(args.out)
     start = time.perf_counter()
-    common = {"preset": args.preset, "seed": args.seed, "device": args.device, "dataset_dir": args.dataset_dir,
-              "eval_models": args.eval_models, "buffer_dir": args.buffer_dir}
-    if args.eval_epochs:
-        common["eval_epochs"] = args.eval_epochs
-    if args.width:
-        common["preset_overrides"] = {"width": args.width}
-    cols = [(d, i) for d in args.datasets for i in args.ipcs]
-    results: dict[tuple[str, str, int], dict] = {}
+    common = {**bench.run_overrides(args), "buffer_dir": args.buffer_dir}
+    record = bench.ResultsRecord(Path(args.record) if args.record else out_md.with_suffix(".json"))
+    results = record.cells()
 
     def write() -> None:
+        # Rows and columns: what this invocation runs plus everything the record holds.
+        datasets = list(dict.fromkeys([*(d for d, _, _ in sorted(results)), *args.datasets]))
+        ipcs = sorted({i for _, _, i in results} | set(args.ipcs))
+        cols = [(d, i) for d in datasets for i in ipcs if any((d, v, i) in results for v in VARIANTS)
+                or (d in args.datasets and i in args.ipcs)]
+        variants = [v for v in VARIANTS if v in args.variants or any(k[1] == v for k in results)]
         lines = [
             "# PTM ablation: test accuracy %, mean ± std over evaluation networks",
             "",
@@ -76,32 +74,34 @@ def main() -> None:
             f"{args.eval_models} evaluation networks per cell, same flat expert buffer and iteration budget"
             + (f" ({args.iterations} iterations)" if args.iterations else " (the configs' num_iterations)")
             + f" for every variant, machine: {machine(args.device, args.threads)}. Command: "
-            f"`python benchmarks/ptm_ablation.py`. Wall time of this invocation "
+            "`python benchmarks/ptm_ablation.py` (cells may come from several invocations; the record "
+            f"`{record.path.name}` holds them). Wall time of the last invocation "
             f"{(time.perf_counter() - start) / 60:.1f} min (runs already on disk are not re-timed).",
             "",
             "| variant | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |",
             "|---|" + "---|" * len(cols),
         ]
-        for v in args.variants:
+        for v in variants:
             cells = [fmt(results[(d, v, i)]) if (d, v, i) in results else "–" for d, i in cols]
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
-        lines += ["", f"![ablation]({out_md.stem}.png)"]
+        lines += ["", f"![ablation]({out_md.stem}.png)", "", *kept_notes(out_md)]
         write_md(out_md, lines)
         xs = list(range(len(cols)))
         series = {v: (xs, [100 * results[(d, v, i)]["test_acc_mean"] if (d, v, i) in results else float("nan")
-                           for d, i in cols]) for v in args.variants}
+                           for d, i in cols]) for v in variants}
         line_plot(series, out_md.with_suffix(".png"), markers=True, ylabel="accuracy %",
                   title="PTM ablation; x: " + ", ".join(f"{k}={d} ipc {i}" for k, (d, i) in enumerate(cols)))
 
-    for d, ipc in cols:
+    if args.table_only:
+        write()
+        return
+    for d, ipc in [(d, i) for d in args.datasets for i in args.ipcs]:
         for v in args.variants:
-            opts = {"buffers": {"flat": True}, **VARIANTS[v]}
-            if args.iterations:
-                opts["num_iterations"] = args.iterations
+            opts = bench.flat_expert_options(args, **VARIANTS[v])
             name = v.replace("-", "_").replace("=", "")
-            results[(d, v, ipc)] = run_bundle(work / d / f"ptm_{name}_ipc{ipc}", f"{BUNDLE[dims(d)]}/train.json",
-                                              args.threads, dataset=d, method="ptm", ipc=ipc, method_options=opts,
-                                              **common)
+            results.update(record.put((d, v, ipc), run_bundle(
+                work / d / f"ptm_{name}_ipc{ipc}", f"{BUNDLE[dims(d)]}/train.json", args.threads, dataset=d,
+                method="ptm", ipc=ipc, method_options=opts, **common)))
             write()
             print(d, ipc, v, fmt(results[(d, v, ipc)]), flush=True)
 

@@ -21,8 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-from trajectory_common import BUNDLE, DATA, REPO, dims, fmt, machine, run_bundle, write_md
+import trajectory_common as bench
+from trajectory_common import BUNDLE, REPO, dims, fmt, machine, run_bundle, write_md
 
 from monai_distill.plotting import line_plot
 
@@ -38,16 +38,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="breastmnist")
     p.add_argument("--ipc", type=int, default=2)
-    p.add_argument("--preset", default="quick")
-    p.add_argument("--iterations", type=int, default=None, help="default: the config's num_iterations")
     p.add_argument("--eval_every", type=int, default=20)
-    p.add_argument("--eval_models", type=int, default=5)
-    p.add_argument("--eval_epochs", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dataset_dir", default=str(DATA))
+    bench.add_run_arguments(p)
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_ptm_cost"))
     p.add_argument("--buffer_dir", default=str(REPO / "runs" / "bench_trajectory" / "buffers"),
                    help="shared with benchmarks/trajectory.py by default, so the experts are the same")
@@ -56,23 +48,14 @@ def main() -> None:
     work, out_md = Path(args.work_dir), Path(args.out)
     config = BUNDLE[dims(args.dataset)]
     start = time.perf_counter()
-    opts = {"buffers": {"flat": True}}
-    if args.iterations:
-        opts["num_iterations"] = args.iterations
-    common = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "seed": args.seed,
-              "device": args.device, "dataset_dir": args.dataset_dir, "buffer_dir": args.buffer_dir,
-              "method_options": opts}
-    if args.width:
-        common["preset_overrides"] = {"width": args.width}
+    common = {**bench.run_overrides(args), "dataset": args.dataset, "ipc": args.ipc, "buffer_dir": args.buffer_dir,
+              "method_options": bench.flat_expert_options(args)}
     run_bundle(work / "buffers_build", [f"{config}/train.json", f"{config}/buffers.json"], args.threads,
                method="ptm", metrics_name="buffers.json", **common)
     results = {}
     for method in METHODS:
-        extra = {"eval_every": args.eval_every, "eval_models": args.eval_models}
-        if args.eval_epochs:
-            extra["eval_epochs"] = args.eval_epochs
         results[method] = run_bundle(work / method, f"{config}/train.json", args.threads, method=method,
-                                     **common, **extra)
+                                     eval_every=args.eval_every, **common)
         print(method, fmt(results[method]), f"{results[method]['distill_seconds']:.0f}s", flush=True)
 
     ftd = results["ftd"]

@@ -24,17 +24,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
+import trajectory_common as bench
 from trajectory_common import (
     BUNDLE,
-    DATA,
     REPO,
     dims,
     fmt,
     kept_notes,
     machine,
-    record_entry,
-    results_record,
     run_bundle,
     write_md,
 )
@@ -46,30 +43,13 @@ DATASETS = ("breastmnist", "pneumoniamnist", "adrenalmnist3d")
 METHODS = ("random", "herding", *TRAJECTORY)
 
 
-def _key(dataset: str, method: str, ipc: int) -> str:
-    return f"{dataset}|{method}|{ipc}"
-
-
-def _parse_key(key: str) -> tuple[str, str, int]:
-    dataset, method, ipc = key.split("|")
-    return dataset, method, int(ipc)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="the datasets to run; the table also "
                    "keeps every other dataset found in the record")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--ipcs", nargs="+", type=int, default=[2, 10])
-    p.add_argument("--preset", default="quick")
-    p.add_argument("--eval_models", type=int, default=5)
-    p.add_argument("--eval_epochs", type=int, default=None, help="default: the preset's")
-    p.add_argument("--iterations", type=int, default=None, help="default: the config's num_iterations")
-    p.add_argument("--width", type=int, default=None, help="default: the preset's")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--dataset_dir", default=str(DATA))
+    bench.add_run_arguments(p)
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
     p.add_argument("--record", default=None, help="default: --out with .json")
@@ -80,30 +60,18 @@ def main() -> None:
     work, out_md = Path(args.work_dir), Path(args.out)
     record_path = Path(args.record) if args.record else out_md.with_suffix(".json")
     start = time.perf_counter()
-    common = {"preset": args.preset, "seed": args.seed, "device": args.device, "dataset_dir": args.dataset_dir,
-              "eval_models": args.eval_models}
-    if args.eval_epochs:
-        common["eval_epochs"] = args.eval_epochs
-    if args.width:
-        common["preset_overrides"] = {"width": args.width}
+    common = bench.run_overrides(args)
     results: dict[tuple[str, str, int], dict] = {}
 
     def options(method: str) -> dict:
-        if method not in TRAJECTORY:
-            return {}
-        opts = {"buffers": {"flat": True}}  # the same (flat) experts for every trajectory method
-        if args.iterations:
-            opts["num_iterations"] = args.iterations
-        return opts
+        # The same (flat) experts for every trajectory method.
+        return bench.flat_expert_options(args) if method in TRAJECTORY else {}
+
+    record = bench.ResultsRecord(record_path)
+    results.update(record.cells())
 
     def remember(dataset: str, method: str, ipc: int, metrics: dict) -> None:
-        """Put one finished cell into the record and reload every cell (other processes may have added some)."""
-        with results_record(record_path) as record:
-            record[_key(dataset, method, ipc)] = record_entry(metrics)
-            results.update({_parse_key(k): v for k, v in record.items()})
-
-    with results_record(record_path) as record:
-        results.update({_parse_key(k): v for k, v in record.items()})
+        results.update(record.put((dataset, method, ipc), metrics))
 
     def write() -> None:
         # Rows and columns: what this invocation runs plus everything the record holds.

@@ -8,6 +8,7 @@ resident set size on CPU, ``torch.cuda.max_memory_allocated`` on a GPU) belongs 
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -39,6 +40,38 @@ def machine(device: str, threads: int) -> str:
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if device.startswith("cuda") and torch.cuda.is_available() else ""
     runs = f"{threads} torch threads per run"
     return f"{platform.system()} {cpu}, {os.cpu_count()} CPUs ({runs}){gpu}, torch {torch.__version__}"
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every trajectory benchmark shares: preset, budget, evaluation and where it runs."""
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--iterations", type=int, default=None, help="default: the config's num_iterations")
+    p.add_argument("--eval_models", type=int, default=5)
+    p.add_argument("--eval_epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--width", type=int, default=None, help="default: the preset's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--dataset_dir", default=str(DATA))
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Bundle overrides from :func:`add_run_arguments`'s options (the unset ones keep the preset's values)."""
+    common = {"preset": args.preset, "seed": args.seed, "device": args.device, "dataset_dir": args.dataset_dir,
+              "eval_models": args.eval_models}
+    if args.eval_epochs:
+        common["eval_epochs"] = args.eval_epochs
+    if args.width:
+        common["preset_overrides"] = {"width": args.width}
+    return common
+
+
+def flat_expert_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """``method_options`` of a trajectory run: the shared flat (GSAM) experts and ``--iterations`` if given."""
+    opts = {"buffers": {"flat": True}, **extra}
+    if args.iterations:
+        opts["num_iterations"] = args.iterations
+    return opts
 
 
 def _arg(v: Any) -> str:
@@ -94,13 +127,7 @@ def kept_notes(path: Path) -> list[str]:
 
 
 @contextmanager
-def results_record(path: Path) -> Iterator[dict[str, dict[str, Any]]]:
-    """The committed record of finished cells (``"dataset|method|ipc"`` -> metrics), read and written under a lock.
-
-    Run directories are not committed (``runs/`` is ignored), so without the record a later session that runs one
-    column would lose every other column of the table. Several benchmark processes may share one record: each
-    update re-reads it under an exclusive lock, merges its own cells and writes it atomically.
-    """
+def _locked_json(path: Path) -> Iterator[dict[str, Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -109,6 +136,39 @@ def results_record(path: Path) -> Iterator[dict[str, dict[str, Any]]]:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, path)
+
+
+Cell = tuple[str, str, int]
+
+
+class ResultsRecord:
+    """The committed record of a table's finished cells, ``"dataset|row|ipc"`` -> the run's headline metrics.
+
+    Run directories are not committed (``runs/`` is ignored), so without the record a later session that runs one
+    column would lose every other column of the table. Several benchmark processes may share one record: each
+    update re-reads it under an exclusive lock, merges its own cell and writes it atomically.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @staticmethod
+    def _cells(record: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
+        out = {}
+        for key, value in record.items():
+            dataset, row, ipc = key.split("|")
+            out[(dataset, row, int(ipc))] = value
+        return out
+
+    def cells(self) -> dict[Cell, dict[str, Any]]:
+        with _locked_json(self.path) as record:
+            return self._cells(record)
+
+    def put(self, cell: Cell, metrics: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
+        """Store one finished cell; return every cell (other processes may have added some meanwhile)."""
+        with _locked_json(self.path) as record:
+            record["|".join(map(str, cell))] = record_entry(metrics)
+            return self._cells(record)
 
 
 def record_entry(metrics: dict[str, Any]) -> dict[str, Any]:
