@@ -3,7 +3,8 @@
 Variants: ``full``; ``no-progressive`` (MTT's random start window and fixed segment instead of matching from θ^D_0
 with a growing end step); ``no-overlap`` (no L_overlap; retraining stays); ``no-retrain`` (no dynamic retraining;
 L_overlap stays); ``no-overlap-retrain``; ``no-L_c`` (no cross-entropy term in the image loss); with ``--variants``
-also ``T=4``/``T=2`` (PTM's last end step, which the seeds do not give, instead of the configs' 10). Writes
+also ``T=4``/``T=2`` (PTM's last end step, which the seeds do not give, instead of the configs' 10), ``L_c=1``,
+``grow=0.5`` and ``beta2=1`` (other weights and schedules the seeds leave open). Writes
 ``benchmarks/results/ptm_ablation.md`` and ``ptm_ablation.png``, from the committed record ``ptm_ablation.json``
 (every finished cell; a later run of some variants keeps the others in the table). Resumable; by default it reuses
 the expert buffers of ``benchmarks/trajectory.py`` (same ``--buffer_dir``), so the numbers line up with that table.
@@ -38,6 +39,10 @@ VARIANTS = {
     "T=2": {"max_end_epoch": 2},
     # Eq. 5 read literally: L_c at weight 1 beside β1·L_match (the package's default ce_weight is 0.1).
     "L_c=1": {"ce_weight": 1.0},
+    # The end step reaches T at half the budget (default: at the end), so half the iterations match all of T.
+    "grow=0.5": {"grow_fraction": 0.5},
+    # Overlap weight β2 (the seeds do not give it; default 0.1).
+    "beta2=1": {"beta2": 1.0},
 }
 ABLATIONS = ["full", "no-progressive", "no-overlap", "no-retrain", "no-overlap-retrain", "no-L_c"]
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from monai_distill.utils import atomic_path, atomic_torch_save
+from monai_distill.utils import atomic_path, atomic_torch_save, load_torch_file
 
 if TYPE_CHECKING:
     from monai_distill.data import SyntheticSet
@@ -232,12 +232,7 @@ def load_bag(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
         BagError: not a bag file, a newer format, a missing key, or invalid contents (the message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"bag file '{path}' does not exist.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise BagError(f"'{path}' is not a readable bag file ({type(e).__name__}: {e}).") from e
+    state = load_torch_file(path, "bag", BagError, map_location)
     if not isinstance(state, dict) or state.get("format") != BAG_FORMAT:
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise BagError(

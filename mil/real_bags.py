@@ -33,7 +33,16 @@ from wsi.manifest import read_status, write_status
 
 from .bags import DONE, Bag, BagDirectory, BagError, save_bag, write_bag_manifest
 
-__all__ = ["FAILED", "bag_path", "grid_label", "make_real_bags", "run_cohort", "subsample_grid"]
+__all__ = [
+    "FAILED",
+    "bag_fingerprint",
+    "bag_path",
+    "grid_label",
+    "make_real_bags",
+    "read_real_bag",
+    "run_cohort",
+    "subsample_grid",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +96,9 @@ def subsample_grid(grid: PatchGrid, max_patches: int | None, seed: int) -> Patch
     return dataclasses.replace(grid, coords=grid.coords[keep], tissue_fraction=grid.tissue_fraction[keep])
 
 
-def _fingerprint(grid: PatchGrid, label: int, settings: dict[str, Any]) -> str:
+def bag_fingerprint(grid: PatchGrid, label: int, settings: dict[str, Any]) -> str:
+    """What a slide's bag depends on (label, settings, slide path, patch coordinates, grid spec), hashed: a bag on
+    disk whose fingerprint differs is made again on resume."""
     h = hashlib.sha256(json.dumps({"label": label, **settings}, sort_keys=True).encode())
     h.update(grid.slide_path.encode())
     h.update(np.ascontiguousarray(grid.coords).tobytes())
@@ -95,7 +106,7 @@ def _fingerprint(grid: PatchGrid, label: int, settings: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _read_bag(grid: PatchGrid, label: int, backend: str, batch_size: int, num_workers: int, meta: dict) -> Bag:
+def read_real_bag(grid: PatchGrid, label: int, backend: str, batch_size: int, num_workers: int, meta: dict) -> Bag:
     """Read every patch of ``grid`` into one uint8 bag."""
     if not Path(grid.slide_path).is_file():
         raise FileNotFoundError(f"slide file '{grid.slide_path}' does not exist (moved since it was tiled?).")
@@ -241,11 +252,11 @@ def _make_one(
         label = grid_label(grid, label_map)
         row["label"] = label
         sub = subsample_grid(grid, settings["max_patches"], settings["seed"])
-        fingerprint = _fingerprint(sub, label, settings)
+        fingerprint = bag_fingerprint(sub, label, settings)
         old = read_status(out, grid.slide_id)
         if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
             return {k: v for k, v in old.items() if k != "fingerprint"}
-        bag = _read_bag(sub, label, backend or grid.info.backend, batch_size, num_workers,
+        bag = read_real_bag(sub, label, backend or grid.info.backend, batch_size, num_workers,
                         {"fingerprint": fingerprint, "n_tiled_patches": len(grid), **extra_meta})
         save_bag(bag, path)
         row.update(n_patches=len(bag), status=DONE)

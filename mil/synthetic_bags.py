@@ -74,7 +74,7 @@ from wsi.manifest import read_status, write_status
 from wsi.workflows import TilingWorkflow
 
 from .bags import DONE, Bag, BagDirectory, BagError, save_bag
-from .real_bags import FAILED, _fingerprint, _read_bag, bag_path, grid_label, run_cohort, subsample_grid
+from .real_bags import FAILED, bag_fingerprint, bag_path, grid_label, read_real_bag, run_cohort, subsample_grid
 
 __all__ = ["SyntheticBagsWorkflow", "annotation_patch_labels", "png_path", "slide_seed"]
 
@@ -269,7 +269,7 @@ class SyntheticBagsWorkflow:
             try:
                 label = grid_label(grid, self.label_map)
                 sub = subsample_grid(grid, self.pool_patches, self.seed)
-                bag = _read_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
+                bag = read_real_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
                 patch_labels = self._patch_labels(sub, label)
             except Exception as e:  # the slide will fail again, and be recorded, in its own step
                 errors.append(f"{grid.slide_id}: {e}")
@@ -392,11 +392,11 @@ class SyntheticBagsWorkflow:
             settings = dict(cohort["settings"])
             if annotation is not None:  # absent for unannotated slides: their fingerprints stay those of before
                 settings["annotation"] = _file_digest(annotation)
-            fingerprint = _fingerprint(sub, label, settings)
+            fingerprint = bag_fingerprint(sub, label, settings)
             old = read_status(self.output_dir, grid.slide_id)
             if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
                 return {k: v for k, v in old.items() if k != "fingerprint"}
-            real_bag = _read_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
+            real_bag = read_real_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
             if len(real_bag) == 0:
                 raise BagError(f"slide '{grid.slide_id}' has no patch to distil.")
             bag = self._distil(real_bag, grid, self._patch_labels(sub, label), label, cohort, fingerprint)

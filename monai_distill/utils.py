@@ -104,6 +104,26 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def load_torch_file(
+    path: str | os.PathLike, what: str, error: type[Exception], map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load`` (tensors only) of a file this package wrote, with errors that name the file.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the messages ("bag", "SyntheticSet").
+        error: the exception raised for an unreadable file (a missing one raises ``FileNotFoundError``).
+        map_location: as ``torch.load``'s.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file '{path}' does not exist.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise error(f"'{path}' is not a readable {what} file ({type(e).__name__}: {e}).") from e
+
+
 def check_output_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check that files can be written there, before any long work starts."""
     path = Path(path)

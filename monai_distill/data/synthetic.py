@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..utils import atomic_path, atomic_torch_save
+from ..utils import atomic_path, atomic_torch_save, load_torch_file
 from .dataset import DataError
 
 __all__ = ["SyntheticSet"]
@@ -124,12 +124,7 @@ class SyntheticSet:
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SyntheticSet:
         """Load and validate a file written by :meth:`save`; any problem names the file and what is wrong."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"synthetic set '{path}' does not exist.")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise DataError(f"'{path}' is not a readable SyntheticSet file ({type(e).__name__}: {e}).") from e
+        state = load_torch_file(path, "SyntheticSet", DataError, map_location)
         if not isinstance(state, dict):
             raise DataError(f"'{path}': expected a dict with images/labels/lr/meta, got {type(state).__name__}.")
         missing = [k for k in ("images", "labels") if k not in state]

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mil.bags import BagDirectory, BagError, load_bag
-from mil.real_bags import _read_bag
+from mil.real_bags import read_real_bag
 from mil.synthetic_bags import SyntheticBagsWorkflow, annotation_patch_labels, png_path, slide_seed
 from monai_distill.data import ClassBalancedSampler, RealDataset
 from wsi.cohort import build_cohort, load_pools
@@ -79,7 +79,7 @@ def test_distillation_moves_the_patches_away_from_their_real_start(bundle_run: P
     bag = load_bag(bundle_run / "bags" / "slide_001.pt")
     assert bag.meta["iterations"] == 2 and bag.meta["final_losses"]["match"] > 0
     grid = PatchGrid.load(bundle_run / "tiling" / "coords" / "slide_001.json")
-    real = _read_bag(grid, 1, "openslide", 64, 0, {}).patches.float() / 255.0
+    real = read_real_bag(grid, 1, "openslide", 64, 0, {}).patches.float() / 255.0
     start = real[torch.tensor(bag.meta["init_indices"])]
     moved = (bag.pixels() - start).abs().amax(dim=(1, 2, 3))
     assert (moved > 1e-4).all() and (moved < 0.5).all()  # learned, but still the slide's patches
