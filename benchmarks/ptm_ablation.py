@@ -80,8 +80,9 @@ def main() -> None:
             + (f" ({args.iterations} iterations)" if args.iterations else " (the configs' num_iterations)")
             + f" for every variant, machine: {machine(args.device, args.threads)}. Command: "
             "`python benchmarks/ptm_ablation.py` (cells may come from several invocations; the record "
-            f"`{record.path.name}` holds them). Wall time of the last invocation "
-            f"{(time.perf_counter() - start) / 60:.1f} min (runs already on disk are not re-timed).",
+            f"`{record.path.name}` holds them)."
+            + ("" if args.table_only else f" Wall time of the last invocation {(time.perf_counter() - start) / 60:.1f}"
+               " min (runs already on disk are not re-timed)."),
             "",
             "| variant | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |",
             "|---|" + "---|" * len(cols),
