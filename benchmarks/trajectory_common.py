@@ -131,7 +131,13 @@ def _locked_json(path: Path) -> Iterator[dict[str, Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        record = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            record = json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"benchmark record '{path}' is not valid JSON ({e}); restore it from git.") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"benchmark record '{path}' must hold a JSON object of cells, "
+                             f"found {type(record).__name__}.")
         yield record
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
