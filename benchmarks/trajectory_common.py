@@ -28,7 +28,8 @@ BUNDLE = {2: "bundles/medmnist2d_distillation/configs", 3: "bundles/organmnist3d
 NOTES_OPEN, NOTES_CLOSE = "<!-- notes -->", "<!-- /notes -->"
 # What a table cell needs of a run's metrics.json; the record keeps only these, so it stays small enough to commit.
 RECORD_KEYS = ("test_acc_mean", "test_acc_std", "test_balanced_acc_mean", "test_balanced_acc_std", "test_auc_mean",
-               "test_auc_std", "distill_seconds", "eval_seconds", "peak_memory_mb", "n_eval_models", "eval_epochs")
+               "test_auc_std", "distill_seconds", "eval_seconds", "peak_memory_mb", "n_eval_models", "eval_epochs",
+               "iterations", "device", "machine")
 
 
 def dims(flag: str) -> int:
