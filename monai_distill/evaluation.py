@@ -24,6 +24,7 @@ from .augment import DiffAugment
 from .data import RealDataset, SyntheticSet
 from .networks import get_network
 from .presets import Preset
+from .utils import inference_batch_size
 
 __all__ = ["EvalResult", "classification_metrics", "evaluate_models", "evaluate_synthetic", "predict", "train_network"]
 
@@ -125,9 +126,15 @@ def train_network(
 
 
 @torch.no_grad()
-def predict(net: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Softmax probabilities (N, K) of ``net`` on ``images``, in eval mode, on CPU."""
+def predict(
+    net: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int | None = None
+) -> torch.Tensor:
+    """Softmax probabilities (N, K) of ``net`` on ``images``, in eval mode, on CPU.
+
+    ``batch_size`` defaults to :func:`~monai_distill.utils.inference_batch_size` (256, fewer for large volumes).
+    """
     net.eval()
+    batch_size = batch_size or inference_batch_size(images.shape[1:])
     out = [
         torch.softmax(net(images[i : i + batch_size].to(device)).float(), dim=1).cpu()
         for i in range(0, images.shape[0], batch_size)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from ..augment import DiffAugment
 from ..data import SyntheticSet
 from ..evaluation import train_network
+from ..utils import inference_batch_size
 from .base import METHODS, Distiller
 
 __all__ = ["Coreset", "ForgettingCoreset", "HerdingCoreset", "RandomCoreset"]
@@ -69,8 +70,9 @@ class HerdingCoreset(Coreset):
     name = "herding"
 
     @torch.no_grad()
-    def _embed(self, net: torch.nn.Module, batch_size: int = 256) -> torch.Tensor:
+    def _embed(self, net: torch.nn.Module) -> torch.Tensor:
         x = self.real.images
+        batch_size = inference_batch_size(x.shape[1:])
         return torch.cat(
             [net.embed(x[i : i + batch_size].to(self.device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..utils import inference_batch_size
 from .base import METHODS
 from .trajectory import Plan, TrajectoryDistiller, TrajectoryOptions
 
@@ -70,14 +71,14 @@ class DATM(TrajectoryDistiller):
     @torch.no_grad()
     def _correct_images(self, thetas: list[torch.Tensor]) -> torch.Tensor:
         """Per class, ``ipc`` real images that one of the experts classifies correctly (others when too few)."""
-        chosen = []
+        chosen, bs = [], inference_batch_size(self.real.images.shape[1:])
         for c in range(self.real.num_classes):
             idx = self.sampler.indices[c][torch.randperm(len(self.sampler.indices[c]), generator=self.generator)]
             right = torch.zeros(len(idx), dtype=torch.bool)
             for theta in thetas:  # the next expert only when the previous ones found too few, as DATM
-                for s in range(0, len(idx), 256):
-                    part = idx[s : s + 256]
-                    right[s : s + 256] |= self.fnet(theta, self.real.images[part].to(self.device)).argmax(1).cpu() == c
+                for s in range(0, len(idx), bs):
+                    part = idx[s : s + bs]
+                    right[s : s + bs] |= self.fnet(theta, self.real.images[part].to(self.device)).argmax(1).cpu() == c
                     if int(right.sum()) >= self.cfg.ipc:
                         break
                 if int(right.sum()) >= self.cfg.ipc:

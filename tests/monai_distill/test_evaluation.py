@@ -67,3 +67,16 @@ def test_shape_mismatch_is_clear(breast):
     with pytest.raises(ValueError, match="test split of breastmnist"):
         evaluate_models(torch.zeros(4, 1, 32, 32), torch.tensor([0, 1, 0, 1]), test, "convnet", preset, 0, CPU,
                         epochs=1, num_models=1)
+
+
+def test_inference_batches_shrink_for_large_volumes_and_do_not_change_predictions(medmnist_dir):
+    from monai_distill.evaluation import predict
+    from monai_distill.utils import inference_batch_size
+
+    assert inference_batch_size((1, 28, 28)) == inference_batch_size((1, 28, 28, 28)) == 256
+    assert inference_batch_size((1, 64, 64, 64)) == 32  # a 256-volume 64³ batch would need ~10 GB of activations
+    assert inference_batch_size((1, 512, 512, 512)) == 1
+    vols = load_medmnist("adrenalmnist3d", "test", medmnist_dir, size=64).images[:40]
+    torch.manual_seed(0)
+    net = get_network("convnet", 3, 1, 2, (64, 64, 64), width=4, depth=2)
+    torch.testing.assert_close(predict(net, vols, CPU), predict(net, vols, CPU, batch_size=40))
