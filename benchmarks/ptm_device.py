@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from trajectory_common import BUNDLE, REPO, ResultsRecord, kept_notes, machine, run_bundle, write_md
+from trajectory_common import BUNDLE, DATA, REPO, ResultsRecord, kept_notes, machine, run_bundle, write_md
 
 DATASET = "adrenalmnist3d"
 
@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--expert_epochs", type=int, default=2, help="expert training epochs = PTM's T")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the CPU run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "medmnist"))
+    p.add_argument("--dataset_dir", default=str(DATA))
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_ptm_device"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ptm_device.md"))
     args = p.parse_args()

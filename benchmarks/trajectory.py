@@ -58,17 +58,14 @@ def main() -> None:
     p.add_argument("--table_only", action="store_true", help="write the table from the runs on disk, run nothing")
     args = p.parse_args()
     work, out_md = Path(args.work_dir), Path(args.out)
-    record_path = Path(args.record) if args.record else out_md.with_suffix(".json")
     start = time.perf_counter()
     common = bench.run_overrides(args)
-    results: dict[tuple[str, str, int], dict] = {}
+    record = bench.ResultsRecord(Path(args.record) if args.record else out_md.with_suffix(".json"))
+    results = record.cells()
 
     def options(method: str) -> dict:
         # The same (flat) experts for every trajectory method.
         return bench.flat_expert_options(args) if method in TRAJECTORY else {}
-
-    record = bench.ResultsRecord(record_path)
-    results.update(record.cells())
 
     def remember(dataset: str, method: str, ipc: int, metrics: dict) -> None:
         results.update(record.put((dataset, method, ipc), metrics))
@@ -87,7 +84,7 @@ def main() -> None:
             f"Preset `{args.preset}`{f' (width {args.width})' if args.width else ''}, seed {args.seed}, "
             f"{args.eval_models} evaluation networks per cell, machine: {machine(args.device, args.threads)}. "
             "Command: `python benchmarks/trajectory.py` (cells may come from several invocations; the record "
-            "`trajectory.json` holds them)."
+            f"`{record.path.name}` holds them)."
             + ("" if args.table_only else f" Wall time of the last invocation {(time.perf_counter() - start) / 60:.1f}"
                " min (runs already on disk are not re-timed)."),
             "",

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from monai_distill.utils import atomic_path
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "medmnist"
 BUNDLE = {2: "bundles/medmnist2d_distillation/configs", 3: "bundles/organmnist3d_distillation/configs"}
@@ -110,10 +112,8 @@ def fmt(m: dict[str, Any], key: str = "acc") -> str:
 
 
 def write_md(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def kept_notes(path: Path) -> list[str]:
@@ -128,7 +128,7 @@ def kept_notes(path: Path) -> list[str]:
 
 
 @contextmanager
-def _locked_json(path: Path) -> Iterator[dict[str, Any]]:
+def _locked_json(path: Path, write: bool) -> Iterator[dict[str, Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -140,9 +140,9 @@ def _locked_json(path: Path) -> Iterator[dict[str, Any]]:
             raise ValueError(f"benchmark record '{path}' must hold a JSON object of cells, "
                              f"found {type(record).__name__}.")
         yield record
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        if write:
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 Cell = tuple[str, str, int]
@@ -161,19 +161,15 @@ class ResultsRecord:
 
     @staticmethod
     def _cells(record: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
-        out = {}
-        for key, value in record.items():
-            dataset, row, ipc = key.split("|")
-            out[(dataset, row, int(ipc))] = value
-        return out
+        return {(d, row, int(ipc)): v for (d, row, ipc), v in ((k.split("|"), v) for k, v in record.items())}
 
     def cells(self) -> dict[Cell, dict[str, Any]]:
-        with _locked_json(self.path) as record:
+        with _locked_json(self.path, write=False) as record:
             return self._cells(record)
 
     def put(self, cell: Cell, metrics: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
         """Store one finished cell; return every cell (other processes may have added some meanwhile)."""
-        with _locked_json(self.path) as record:
+        with _locked_json(self.path, write=True) as record:
             record["|".join(map(str, cell))] = record_entry(metrics)
             return self._cells(record)
 

@@ -26,7 +26,8 @@ from .networks import get_network
 from .presets import Preset
 from .utils import inference_batch_size
 
-__all__ = ["EvalResult", "classification_metrics", "evaluate_models", "evaluate_synthetic", "predict", "train_network"]
+__all__ = ["EvalResult", "classification_metrics", "evaluate_models", "evaluate_synthetic", "map_batches", "predict",
+           "train_network"]
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, int], None]
 EpochHook = Callable[[int, torch.nn.Module], None]
@@ -125,21 +126,29 @@ def train_network(
     return net.eval()
 
 
+def map_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """``fn`` over ``images`` in batches on ``device``, outputs concatenated as float32 on CPU.
+
+    ``batch_size`` defaults to :func:`~monai_distill.utils.inference_batch_size` (256, fewer for large volumes).
+    """
+    batch_size = batch_size or inference_batch_size(images.shape[1:])
+    return torch.cat(
+        [fn(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, images.shape[0], batch_size)]
+    )
+
+
 @torch.no_grad()
 def predict(
     net: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int | None = None
 ) -> torch.Tensor:
-    """Softmax probabilities (N, K) of ``net`` on ``images``, in eval mode, on CPU.
-
-    ``batch_size`` defaults to :func:`~monai_distill.utils.inference_batch_size` (256, fewer for large volumes).
-    """
+    """Softmax probabilities (N, K) of ``net`` on ``images``, in eval mode, on CPU."""
     net.eval()
-    batch_size = batch_size or inference_batch_size(images.shape[1:])
-    out = [
-        torch.softmax(net(images[i : i + batch_size].to(device)).float(), dim=1).cpu()
-        for i in range(0, images.shape[0], batch_size)
-    ]
-    return torch.cat(out)
+    return torch.softmax(map_batches(net, images, device, batch_size), dim=1)
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -9,8 +9,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DiffAugment
 from ..data import SyntheticSet
-from ..evaluation import train_network
-from ..utils import inference_batch_size
+from ..evaluation import map_batches, train_network
 from .base import METHODS, Distiller
 
 __all__ = ["Coreset", "ForgettingCoreset", "HerdingCoreset", "RandomCoreset"]
@@ -71,11 +70,7 @@ class HerdingCoreset(Coreset):
 
     @torch.no_grad()
     def _embed(self, net: torch.nn.Module) -> torch.Tensor:
-        x = self.real.images
-        batch_size = inference_batch_size(x.shape[1:])
-        return torch.cat(
-            [net.embed(x[i : i + batch_size].to(self.device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
-        )
+        return map_batches(net.embed, self.real.images, self.device)
 
     def select(self) -> torch.Tensor:
         net = self._trained_network(self.cfg.preset.embed_epochs)
