@@ -35,9 +35,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from monai_distill.networks import get_network
+from monai_distill.progress import progress_bar
 from monai_distill.utils import atomic_torch_save, atomic_write_json, resolve_device
 
 from .bags import Bag, BagError
@@ -397,5 +397,5 @@ class FeatureExtractor:
     def extract(self, bags: Iterable[Bag], desc: str = "features") -> list[Bag]:
         """Feature-only bags of ``bags`` (a list or a :class:`~mil.bags.BagDirectory`), with a progress bar."""
         total = len(bags) if hasattr(bags, "__len__") else None  # type: ignore[arg-type]
-        bar = tqdm(bags, total=total, desc=desc, unit="bag", disable=None if self.progress else True)
+        bar = progress_bar(bags, total=total, desc=desc, unit="bag", enabled=self.progress)
         return [self(bag) for bag in bar]

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from monai_distill.evaluation import classification_metrics
+from monai_distill.progress import progress_bar
 from monai_distill.utils import atomic_path, atomic_torch_save, resolve_device, seed_everything, to_bool
 
 from .bags import Bag, BagError
@@ -279,8 +279,8 @@ class MILTrainer:
             history: list[dict[str, float]] = []
             best: tuple[float, float] = (-math.inf, -math.inf)
             best_state, best_epoch, since_best, stopped = None, 0, 0, False
-            bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {self.model_name}", unit="epoch",
-                       disable=None if cfg.progress else True)
+            bar = progress_bar(range(1, cfg.epochs + 1), desc=f"train {self.model_name}", unit="epoch",
+                               enabled=cfg.progress)
             for epoch in bar:
                 loss, seconds = self._train_epoch(train, optimizer, scaler, order_rng)
                 record = {"epoch": epoch, "train_loss": loss, "train_seconds": seconds}

@@ -24,6 +24,7 @@ from .augment import DiffAugment
 from .data import RealDataset, SyntheticSet
 from .networks import get_network
 from .presets import Preset
+from .progress import progress_bar
 from .utils import inference_batch_size
 
 __all__ = ["EvalResult", "classification_metrics", "evaluate_models", "evaluate_synthetic", "map_batches", "predict",
@@ -248,10 +249,10 @@ def evaluate_models(
     augment = DiffAugment(preset.dsa_strategy) if preset.dsa else None
     start = time.perf_counter()
     mine: dict[int, dict[str, float]] = {}
-    bar = tqdm(
+    bar = progress_bar(
         total=epochs * len(range(rank, k_total, world)),
-        desc=f"evaluate {arch}",
-        disable=not progress or None,
+        desc=f"evaluate {arch} ({len(range(rank, k_total, world))} nets x {epochs} epochs)",
+        enabled=progress,
         leave=False,
     )
     for k in range(rank, k_total, world):

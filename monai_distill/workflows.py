@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__
 from .data import RealDataset, SyntheticSet, load_dataset
@@ -28,6 +27,7 @@ from .methods import DistillConfig, Distiller, get_method
 from .networks import NETWORKS
 from .plotting import line_plot
 from .presets import Preset, deep_merge, get_preset, method_settings
+from .progress import progress_bar
 from .utils import (
     atomic_path,
     atomic_torch_save,
@@ -316,8 +316,8 @@ class DistillWorkflow(_Workflow):
               progress: _Progress) -> None:
         n = distiller.num_iterations
         stop_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
-        bar = tqdm(range(progress.iteration, n), initial=progress.iteration, total=n, desc=self.method,
-                   disable=not self.progress or None)
+        bar = progress_bar(range(progress.iteration, n), initial=progress.iteration, total=n, desc=self.method,
+                           enabled=self.progress)
         for it in bar:
             tick = time.perf_counter()
             losses = distiller.step(it)

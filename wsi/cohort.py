@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import tifffile
 from PIL import Image
-from tqdm.auto import tqdm
 
+from monai_distill.progress import progress_bar
 from monai_distill.utils import atomic_path
 
 from .grid import grid_positions, patch_tissue_fractions
@@ -333,7 +333,7 @@ def build_cohort(
         splits[idx[len(idx) - n_test :]] = "test"
 
     rows = []
-    for i in tqdm(range(n_slides), desc="cohort", unit="slide", disable=None if progress else True):
+    for i in progress_bar(range(n_slides), desc="cohort", unit="slide", enabled=progress):
         slide_id = f"slide_{i:03d}"
         slide_rng = np.random.default_rng([seed, i])  # each slide is the same whatever n_slides is
         label = int(labels[i])

@@ -29,6 +29,7 @@ from ..augment import DiffAugment
 from ..data import RealDataset
 from ..evaluation import train_network
 from ..presets import Preset
+from ..progress import progress_bar
 from ..utils import atomic_torch_save, atomic_write_json
 from .sam import GSAM
 
@@ -211,7 +212,8 @@ class ExpertBuffer:
         todo = [i for i in self.missing(settings) if i % world == rank]
         if todo:
             logger.info("training %d expert(s) into %s", len(todo), self.directory)
-        bar = tqdm(total=len(todo) * settings.epochs, desc="experts", disable=not progress or None, leave=False)
+        bar = progress_bar(total=len(todo) * settings.epochs, desc=f"experts ({len(todo)} x {settings.epochs} epochs)",
+                           enabled=progress, leave=False)
         for i in todo:
             start = time.perf_counter()
             traj = train_expert(i, real, net_factory, settings, preset, device, progress=bar)

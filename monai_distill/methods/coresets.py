@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..augment import DiffAugment
 from ..data import SyntheticSet
 from ..evaluation import map_batches, train_network
+from ..progress import progress_bar
 from .base import METHODS, Distiller
 
 __all__ = ["Coreset", "ForgettingCoreset", "HerdingCoreset", "RandomCoreset"]
@@ -40,8 +40,7 @@ class Coreset(Distiller):
         torch.manual_seed(self.cfg.seed)
         net = self.net_factory()
         augment = DiffAugment(preset.dsa_strategy) if preset.dsa else None
-        # disable=None hides the bar when stderr is not a terminal (CI logs, benchmarks).
-        with tqdm(total=epochs, desc=f"{self.name}: training the selection network", disable=None, leave=False) as bar:
+        with progress_bar(total=epochs, desc=f"{self.name}: training the selection network", leave=False) as bar:
             return train_network(
                 net, self.real.images, self.real.labels, epochs, preset.eval_lr, preset, self.generator, self.device,
                 augment=augment, on_batch=on_batch, progress=bar,

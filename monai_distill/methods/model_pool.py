@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..augment import DiffAugment
 from ..evaluation import train_network
 from ..presets import Preset
+from ..progress import progress_bar
 from ..utils import atomic_torch_save
 
 __all__ = ["ModelPool", "default_cache_dir", "filter_normalized_direction", "perturb_"]
@@ -148,7 +148,7 @@ class ModelPool:
             net = self.net_factory()
         augment = DiffAugment(preset.dsa_strategy) if preset.dsa else None
         gen = torch.Generator().manual_seed(model_seed)
-        with tqdm(total=self.epochs, desc=f"model pool {i + 1}/{self.size}", disable=None, leave=False) as bar:
+        with progress_bar(total=self.epochs, desc=f"model pool {i + 1}/{self.size}", leave=False) as bar:
             train_network(net, images, labels, self.epochs, self.lr, preset, gen, device, augment=augment,
                           progress=bar)
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}

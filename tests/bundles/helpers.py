@@ -25,7 +25,7 @@ def bundle_cmd(config: str | list[str], **overrides) -> list[str]:
 
 
 def run_bundle(config: str | list[str], check: bool = True, **overrides) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(bundle_cmd(config, **overrides), cwd=REPO_ROOT, capture_output=True, text=True, env=env,
                           timeout=600)
     if check and proc.returncode != 0:
