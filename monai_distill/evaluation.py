@@ -27,8 +27,8 @@ from .presets import Preset
 from .progress import progress_bar
 from .utils import inference_batch_size
 
-__all__ = ["EvalResult", "classification_metrics", "evaluate_models", "evaluate_synthetic", "map_batches", "predict",
-           "train_network"]
+__all__ = ["EvalResult", "class_prior", "classification_metrics", "evaluate_models", "evaluate_synthetic",
+           "map_batches", "predict", "prior_shift", "train_network"]
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, int], None]
 EpochHook = Callable[[int, torch.nn.Module], None]
@@ -152,8 +152,38 @@ def predict(
     return torch.softmax(map_batches(net, images, device, batch_size), dim=1)
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy, balanced accuracy (mean per-class recall) and macro one-vs-rest ROC AUC (MONAI)."""
+def class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class frequencies of ``labels`` ((N,) indices or (N, K) soft labels) as a (K,) probability vector."""
+    if labels.ndim == 1:
+        counts = torch.bincount(labels.cpu().long(), minlength=num_classes).double()
+    else:
+        counts = labels.detach().cpu().double().sum(dim=0)
+    return (counts / counts.sum().clamp_min(1e-12)).float()
+
+
+def prior_shift(fit_prior: torch.Tensor, target_prior: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The logit adjustment ``log pi_target - log pi_fit`` (Menon et al., ICLR 2021, Eq. 2 with tau = 1).
+
+    A network trained on labels with prior ``pi_fit`` estimates ``p_fit(y|x)``; under the label-shift assumption the
+    posterior for data with prior ``pi_target`` is ``p_fit(y|x) * pi_target(y) / pi_fit(y)`` up to a constant, so
+    adding this shift to the log-probabilities before the argmax is the Bayes decision for the target prior.
+    Distilled sets and coresets are class-balanced (``pi_fit`` uniform) while medical test splits are not; the
+    target prior is the train split's class frequencies, never the test split's.
+    """
+    return torch.log(target_prior.clamp_min(eps)) - torch.log(fit_prior.clamp_min(eps))
+
+
+def classification_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, shift: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean per-class recall) and macro one-vs-rest ROC AUC (MONAI).
+
+    Args:
+        probs: (N, K) class probabilities.
+        labels: (N,) class indices.
+        shift: a :func:`prior_shift`; when given, ``acc_prior`` is the accuracy of ``argmax(log probs + shift)``
+            (the ranking metrics, balanced accuracy and AUC, do not depend on a prior and are left as they are).
+    """
     labels = labels.cpu().long()
     pred = probs.argmax(dim=1)
     k = probs.shape[1]
@@ -165,11 +195,15 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
         if present.sum() > 1
         else float("nan")
     )
-    return {
+    out = {
         "acc": float((pred == labels).float().mean()),
         "balanced_acc": float(balanced_accuracy_score(labels.numpy(), pred.numpy())),
         "auc": auc,
     }
+    if shift is not None:
+        adjusted = torch.log(probs.clamp_min(1e-12)) + shift.to(probs.dtype)
+        out["acc_prior"] = float((adjusted.argmax(dim=1) == labels).float().mean())
+    return out
 
 
 @dataclass
@@ -183,7 +217,9 @@ class EvalResult:
     summary: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for key in ("acc", "balanced_acc", "auc"):
+        for key in ("acc", "balanced_acc", "auc", "acc_prior"):
+            if not self.per_model or any(key not in m for m in self.per_model):
+                continue
             vals = np.array([m[key] for m in self.per_model], dtype=np.float64)
             self.summary[f"test_{key}_mean"] = float(vals.mean())
             self.summary[f"test_{key}_std"] = float(vals.std())
@@ -217,6 +253,7 @@ def evaluate_models(
     epochs: int | None = None,
     num_models: int | None = None,
     progress: bool = True,
+    target_prior: torch.Tensor | None = None,
 ) -> EvalResult:
     """Train ``num_models`` fresh ``arch`` networks on ``images``/``labels`` and test each on ``test``.
 
@@ -235,7 +272,9 @@ def evaluate_models(
         lr: learning rate (the set's learned lr), default ``preset.eval_lr``.
         epochs: default ``preset.eval_epochs``.
         num_models: K, default ``preset.eval_models``.
-        progress: show a tqdm bar (it hides itself when stderr is not a terminal).
+        progress: show progress (a bar on a terminal, log lines otherwise).
+        target_prior: class prior to correct predictions to (the train split's class frequencies); adds the
+            prior-corrected accuracy ``acc_prior`` (:func:`prior_shift`, fitted prior from ``labels``).
     """
     epochs = int(epochs or preset.eval_epochs)
     k_total = int(num_models or preset.eval_models)
@@ -245,6 +284,7 @@ def evaluate_models(
             f"training images have shape {tuple(images.shape[1:])} per image, but the test split of {test.name} "
             f"has {(test.in_channels, *test.spatial_size)}."
         )
+    shift = None if target_prior is None else prior_shift(class_prior(labels, test.num_classes), target_prior)
     rank, world = _rank_world()
     augment = DiffAugment(preset.dsa_strategy) if preset.dsa else None
     start = time.perf_counter()
@@ -270,7 +310,7 @@ def evaluate_models(
         )
         gen = torch.Generator().manual_seed(model_seed)
         train_network(net, images, labels, epochs, lr, preset, gen, device, augment=augment, progress=bar)
-        mine[k] = classification_metrics(predict(net, test.images, device), test.labels)
+        mine[k] = classification_metrics(predict(net, test.images, device), test.labels, shift)
     bar.close()
     if world > 1:
         gathered: list[dict[int, dict[str, float]]] = [{} for _ in range(world)]

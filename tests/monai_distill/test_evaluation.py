@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from monai_distill.data import ClassBalancedSampler, load_medmnist
-from monai_distill.evaluation import classification_metrics, evaluate_models, train_network
+from monai_distill.evaluation import class_prior, classification_metrics, evaluate_models, prior_shift, train_network
 from monai_distill.networks import get_network
 from monai_distill.presets import get_preset
 
@@ -80,3 +80,37 @@ def test_inference_batches_shrink_for_large_volumes_and_do_not_change_prediction
     torch.manual_seed(0)
     net = get_network("convnet", 3, 1, 2, (64, 64, 64), width=4, depth=2)
     torch.testing.assert_close(predict(net, vols, CPU), predict(net, vols, CPU, batch_size=40))
+
+
+def test_prior_correction_on_hand_made_probabilities():
+    """A network fitted on a balanced set answers 0.6/0.4; under a 20/80 train prior the Bayes decision flips."""
+    fit = class_prior(torch.tensor([0, 1, 0, 1]), 2)
+    target = class_prior(torch.tensor([0] + [1] * 4), 2)
+    assert torch.allclose(fit, torch.tensor([0.5, 0.5])) and torch.allclose(target, torch.tensor([0.2, 0.8]))
+    shift = prior_shift(fit, target)
+    assert torch.allclose(shift, torch.log(torch.tensor([0.4, 1.6])))
+    probs = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.9, 0.1], [0.3, 0.7]])
+    labels = torch.tensor([1, 1, 0, 1])
+    m = classification_metrics(probs, labels, shift)
+    # raw argmax: 0, 0, 0, 1 -> 2/4; corrected: 0.24 vs 0.64 -> 1, 1; 0.36 vs 0.16 -> 0; 1 -> 4/4
+    assert m["acc"] == pytest.approx(0.5) and m["acc_prior"] == pytest.approx(1.0)
+    assert m["balanced_acc"] == pytest.approx(classification_metrics(probs, labels)["balanced_acc"])
+    # a fitted prior equal to the target changes nothing; soft labels give their mean as the prior
+    same = prior_shift(target, target)
+    assert classification_metrics(probs, labels, same)["acc_prior"] == m["acc"]
+    assert torch.allclose(class_prior(torch.tensor([[0.25, 0.75], [0.75, 0.25]]), 2), torch.tensor([0.5, 0.5]))
+
+
+def test_evaluate_models_reports_prior_corrected_accuracy(breast):
+    train, test = breast
+    idx = ClassBalancedSampler(train).balanced_indices(5, torch.Generator().manual_seed(0))
+    preset = get_preset("quick", 2, width=8)
+    prior = class_prior(train.labels, train.num_classes)
+    res = evaluate_models(train.images[idx], train.labels[idx], test, "convnet", preset, 0, torch.device("cpu"),
+                          epochs=5, num_models=2, progress=False, target_prior=prior)
+    assert {"test_acc_prior_mean", "test_acc_prior_std"} <= set(res.summary)
+    assert 0.0 <= res.summary["test_acc_prior_mean"] <= 1.0
+    plain = evaluate_models(train.images[idx], train.labels[idx], test, "convnet", preset, 0, torch.device("cpu"),
+                            epochs=5, num_models=2, progress=False)
+    assert "test_acc_prior_mean" not in plain.summary
+    assert plain.summary["test_acc_mean"] == res.summary["test_acc_mean"]
