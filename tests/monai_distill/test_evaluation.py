@@ -114,3 +114,19 @@ def test_evaluate_models_reports_prior_corrected_accuracy(breast):
                             epochs=5, num_models=2, progress=False)
     assert "test_acc_prior_mean" not in plain.summary
     assert plain.summary["test_acc_mean"] == res.summary["test_acc_mean"]
+
+
+def test_val_selection_tests_the_best_val_epoch(breast, medmnist_dir):
+    """With the val split as the test split, the tested weights score exactly the recorded best val score."""
+    train, _ = breast
+    val = load_medmnist("breastmnist", "val", medmnist_dir)
+    idx = ClassBalancedSampler(train).balanced_indices(10, torch.Generator().manual_seed(2))
+    preset = get_preset("quick", 2, width=8)
+    res = evaluate_models(train.images[idx], train.labels[idx], val, "convnet", preset, 0, CPU, epochs=6,
+                          num_models=2, progress=False, val=val)
+    for m in res.per_model:
+        assert 1 <= m["best_epoch"] <= 6
+        assert m["balanced_acc"] == pytest.approx(m["val_balanced_acc"])
+    with pytest.raises(ValueError, match="select_metric"):
+        evaluate_models(train.images[idx], train.labels[idx], val, "convnet", preset, 0, CPU, epochs=1,
+                        num_models=1, progress=False, val=val, select_metric="loss")
