@@ -23,6 +23,7 @@ import json
 import logging
 import operator
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "Bag",
     "BagDirectory",
     "BagError",
+    "bag_file_intact",
     "load_bag",
     "save_bag",
     "write_bag_manifest",
@@ -250,6 +252,13 @@ def load_bag(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     bag.meta = state.get("meta") or {}
     bag.validate(where=f"'{path}'")
     return bag
+
+
+def bag_file_intact(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` archive (cheap: the zip directory at its end is read, not the
+    tensors); a resumed run redoes a bag whose file was truncated instead of keeping it as finished."""
+    path = Path(path)
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def write_bag_manifest(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:

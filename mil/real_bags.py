@@ -23,22 +23,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from monai_distill.checks import option_dict, option_int
+from monai_distill.progress import progress_bar
 from monai_distill.utils import check_output_dir
 from wsi.datasets import SlidePatchDataset, load_grids
 from wsi.distributed import barrier, dist_context, shard
 from wsi.grid import PatchGrid
 from wsi.manifest import read_status, write_status
 
-from .bags import DONE, Bag, BagDirectory, BagError, save_bag, write_bag_manifest
+from .bags import DONE, Bag, BagDirectory, BagError, bag_file_intact, save_bag, write_bag_manifest
 
 __all__ = [
     "FAILED",
     "bag_fingerprint",
     "bag_path",
     "grid_label",
+    "label_index",
     "make_real_bags",
+    "option_label_map",
     "read_real_bag",
     "run_cohort",
     "subsample_grid",
@@ -61,16 +64,44 @@ def grid_label(grid: PatchGrid, label_map: dict[str, int] | None = None) -> int:
         BagError: no label (a directory of slides was tiled; give a CSV with a label column) or a text label that
             ``label_map`` does not map.
     """
-    label = grid.label
+    return label_index(grid.label, grid.slide_id, label_map, "in its grid")
+
+
+def option_label_map(value: Any, name: str = "label_map") -> dict[str, int] | None:
+    """The ``--label_map`` option (text label -> class index), ``None`` when not given.
+
+    Raises:
+        OptionError: not a dict, or a class index that is not a whole number >= 0.
+    """
+    mapping = option_dict(value, name)
+    if not mapping:
+        return None
+    return {str(k).strip(): option_int(v, f"--{name} (the class of '{k}')", minimum=0)  # type: ignore[misc]
+            for k, v in mapping.items()}
+
+
+def label_index(label: Any, slide_id: str, label_map: dict[str, int] | None = None, where: str = "") -> int:
+    """A slide label (as a slide list or grid gives it: text or a number) as a class index.
+
+    Args:
+        label: the label.
+        slide_id: the slide, for the message.
+        label_map: text label -> class index; without one the label must be a whole number >= 0.
+        where: where the label comes from, for the message (e.g. ``"in 'cohort.csv'"``).
+
+    Raises:
+        BagError: no label, a text label that ``label_map`` does not map, or not a class index.
+    """
+    where = f" {where}" if where else ""
     if label is None or str(label).strip() == "":
         raise BagError(
-            f"slide '{grid.slide_id}' has no label in its grid; tile a CSV slide list with a label column "
+            f"slide '{slide_id}' has no label{where}; tile a CSV slide list with a label column "
             "(slide_path,label[,split][,slide_id])."
         )
     if label_map is not None:
         key = str(label).strip()
         if key not in label_map:
-            raise BagError(f"label '{label}' of slide '{grid.slide_id}' is not in label_map {label_map}.")
+            raise BagError(f"label '{label}' of slide '{slide_id}'{where} is not in --label_map {label_map}.")
         return int(label_map[key])
     try:
         number = float(label)
@@ -78,8 +109,8 @@ def grid_label(grid: PatchGrid, label_map: dict[str, int] | None = None) -> int:
         number = float("nan")
     if not number.is_integer() or number < 0:
         raise BagError(
-            f"label '{label}' of slide '{grid.slide_id}' is not a class index (0, 1, ...); pass label_map to convert "
-            "text labels."
+            f"label '{label}' of slide '{slide_id}'{where} is not a class index (0, 1, ...); pass --label_map to "
+            "convert text labels."
         )
     return int(number)
 
@@ -208,8 +239,8 @@ def run_cohort(
     """
     rank, world = dist_context()
     rows_by_id: dict[str, dict[str, Any]] = {}
-    bar = tqdm(shard(grids, rank, world), desc=desc if world == 1 else f"{desc} (rank {rank})", unit="slide",
-               disable=None if progress else True)
+    bar = progress_bar(shard(grids, rank, world), desc=desc if world == 1 else f"{desc} (rank {rank})",
+                       unit="slide", enabled=progress)
     for grid in bar:
         row = make_one(grid)
         rows_by_id[grid.slide_id] = row
@@ -254,7 +285,7 @@ def _make_one(
         sub = subsample_grid(grid, settings["max_patches"], settings["seed"])
         fingerprint = bag_fingerprint(sub, label, settings)
         old = read_status(out, grid.slide_id)
-        if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
+        if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and bag_file_intact(path):
             return {k: v for k, v in old.items() if k != "fingerprint"}
         bag = read_real_bag(sub, label, backend or grid.info.backend, batch_size, num_workers,
                         {"fingerprint": fingerprint, "n_tiled_patches": len(grid), **extra_meta})

@@ -54,10 +54,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from monai_distill.augment import StainTemplate
+from monai_distill.checks import OptionError, option_bool, option_choice, option_dict, option_int
 from monai_distill.data import RealDataset, SyntheticSet
 from monai_distill.methods import DistillConfig, Distiller, get_method
 from monai_distill.networks import NETWORKS
 from monai_distill.presets import Preset, get_preset
+from monai_distill.progress import progress_bar
+from monai_distill.runs import guarded_run, refuse_multiprocess_without_config
 from monai_distill.utils import (
     atomic_torch_save,
     atomic_write_json,
@@ -71,10 +74,22 @@ from wsi.datasets import load_grids
 from wsi.distributed import barrier, dist_context
 from wsi.grid import PatchGrid
 from wsi.manifest import read_status, write_status
+from wsi.reader import BACKENDS
+from wsi.slides import check_slide_files, list_slides
 from wsi.workflows import TilingWorkflow
 
-from .bags import DONE, Bag, BagDirectory, BagError, save_bag
-from .real_bags import FAILED, bag_fingerprint, bag_path, grid_label, read_real_bag, run_cohort, subsample_grid
+from .bags import DONE, Bag, BagDirectory, BagError, bag_file_intact, save_bag
+from .real_bags import (
+    FAILED,
+    bag_fingerprint,
+    bag_path,
+    grid_label,
+    label_index,
+    option_label_map,
+    read_real_bag,
+    run_cohort,
+    subsample_grid,
+)
 
 __all__ = ["SyntheticBagsWorkflow", "annotation_patch_labels", "png_path", "slide_seed"]
 
@@ -183,34 +198,49 @@ class SyntheticBagsWorkflow:
         png_real: int = 10,
         progress: bool = True,
     ) -> None:
-        # Names and numbers are checked before any slide is read.
-        self.method_cls = get_method(method)
+        # Names and numbers are checked before any slide is read (monai_distill.checks: the message names the option).
+        try:
+            self.method_cls = get_method(method)
+        except KeyError as e:
+            raise OptionError(f"--method: {e.args[0] if e.args else e}") from e
         self.method = self.method_cls.name
-        self.arch = str(arch).lower()
-        NETWORKS.get(self.arch)
-        self.preset: Preset = get_preset(preset, 2, **(preset_overrides or {}))
-        self.ipc = int(ipc)
-        if self.ipc < 1:
-            raise ValueError(f"ipc must be >= 1, got {ipc}.")
-        self.pool_patches = int(pool_patches)
-        if self.pool_patches < 1:
-            raise ValueError(f"pool_patches must be >= 1, got {pool_patches}.")
-        self.max_patches = None if max_patches in (None, "", 0) else int(max_patches)
+        self.arch: str = option_choice(arch, "arch", NETWORKS.names())  # type: ignore[assignment]
+        overrides = option_dict(preset_overrides, "preset_overrides")
+        try:
+            self.preset: Preset = get_preset(preset, 2, **overrides)
+        except (KeyError, TypeError, ValueError) as e:
+            raise OptionError(f"--preset {preset!r} / --preset_overrides {overrides}: "
+                              f"{e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+        self.ipc: int = option_int(ipc, "ipc", minimum=1)  # type: ignore[assignment]
+        self.pool_patches: int = option_int(pool_patches, "pool_patches", minimum=1)  # type: ignore[assignment]
+        self.max_patches = option_int(max_patches, "max_patches", minimum=0, allow_none=True) or None
         self.slides, self.output_dir = slides, Path(output_dir)
-        self.seed, self.split = int(seed), split or None
-        self.device = resolve_device(device)
-        self.label_map = dict(label_map) if label_map else None
-        self.num_classes = None if num_classes is None else int(num_classes)
-        self.method_options = dict(method_options or {})
-        self.tiling = dict(tiling or {})
-        self.backend = backend
-        self.png_real = int(png_real)
-        self.progress = to_bool(progress)
+        self.seed: int = option_int(seed, "seed")  # type: ignore[assignment]
+        self.split = None if split in (None, "") else str(split)
+        try:
+            self.device = resolve_device(device)
+        except (RuntimeError, ValueError) as e:
+            raise OptionError(f"--device must be cpu, cuda or cuda:N on a machine that has it; got {device!r} "
+                              f"({e}).") from e
+        self.label_map = option_label_map(label_map)
+        self.num_classes = option_int(num_classes, "num_classes", minimum=2, allow_none=True)
+        self.method_options = option_dict(method_options, "method_options")
+        self.tiling = option_dict(tiling, "tiling")
+        try:  # --patch_size 0, --backend bogus, ...: the run fails now, not once per slide
+            TilingWorkflow([], self.output_dir / "tiling", **self.tiling)
+        except TypeError as e:
+            raise OptionError(f"--tiling {self.tiling}: {e}") from e
+        self.backend = option_choice(backend, "backend", BACKENDS, allow_none=True)
+        self.png_real: int = option_int(png_real, "png_real", minimum=0)  # type: ignore[assignment]
+        self.progress = option_bool(progress, "progress")
         self.annotations = Path(annotations) if annotations else None
         if self.annotations is not None and not self.annotations.is_dir():
-            raise FileNotFoundError(f"annotations folder '{self.annotations}' does not exist (one <slide_id>.png "
-                                    "label mask per annotated slide).")
-        self.annotation_labels = {int(k): int(v) for k, v in (annotation_labels or {}).items()} or None
+            raise FileNotFoundError(f"--annotations: annotations folder '{self.annotations}' does not exist (one "
+                                    "<slide_id>.png label mask per annotated slide).")
+        labels = option_dict(annotation_labels, "annotation_labels")
+        self.annotation_labels = {option_int(k, "--annotation_labels (a mask value)", minimum=1):  # type: ignore[misc]
+                                  option_int(v, f"--annotation_labels (the class of value {k})", minimum=0)
+                                  for k, v in labels.items()} or None
 
     @property
     def _sample_path(self) -> Path:
@@ -225,7 +255,10 @@ class SyntheticBagsWorkflow:
                                     "output directory).")
         if (source / "coords").is_dir():
             tiling_dir = source
-        else:
+        else:  # the slide list is checked (files, labels) before anything is tiled
+            records = [r for r in list_slides(source) if self.split is None or r.split == self.split]
+            check_slide_files(records, source)
+            self._check_labels([(r.slide_id, r.label) for r in records], f"in '{source}'")
             tiling_dir = self.output_dir / "tiling"
             TilingWorkflow(source, tiling_dir, progress=self.progress, **self.tiling).run()
         failed_tiling = []
@@ -240,11 +273,20 @@ class SyntheticBagsWorkflow:
         grids = load_grids(tiling_dir) if (tiling_dir / "coords").is_dir() else []
         if self.split is not None:
             grids = [g for g in grids if g.split == self.split]
+        self._check_labels([(g.slide_id, g.label) for g in grids], f"in '{tiling_dir}'")
         if not grids:
             why = f", e.g. {failed_tiling[0]['slide_id']}: {failed_tiling[0]['error']}" if failed_tiling else ""
             raise BagError(f"no tiled slide in '{tiling_dir}'" + (f" of split '{self.split}'" if self.split else "")
                            + why)
         return grids, failed_tiling
+
+    def _check_labels(self, labels: list[tuple[str, Any]], where: str) -> None:
+        """Every slide has a label that is a class index (or a ``label_map`` key) below ``num_classes``."""
+        for slide_id, label in labels:
+            index = label_index(label, slide_id, self.label_map, where)
+            if self.num_classes is not None and index >= self.num_classes:
+                raise BagError(f"--num_classes {self.num_classes}: slide '{slide_id}' {where} has label {label} "
+                               f"(class {index}); labels must be 0..{self.num_classes - 1}.")
 
     def _annotation(self, grid: PatchGrid) -> Path | None:
         if self.annotations is None:
@@ -265,7 +307,7 @@ class SyntheticBagsWorkflow:
     def _cohort_sample(self, grids: list[PatchGrid]) -> tuple[torch.Tensor, torch.Tensor]:
         """``pool_patches`` real patches of every readable slide as float [0, 1], and their slide labels."""
         images, labels, errors = [], [], []
-        for grid in tqdm(grids, desc="cohort sample", unit="slide", disable=None if self.progress else True):
+        for grid in progress_bar(grids, desc="cohort sample", unit="slide", enabled=self.progress):
             try:
                 label = grid_label(grid, self.label_map)
                 sub = subsample_grid(grid, self.pool_patches, self.seed)
@@ -394,7 +436,7 @@ class SyntheticBagsWorkflow:
                 settings["annotation"] = _file_digest(annotation)
             fingerprint = bag_fingerprint(sub, label, settings)
             old = read_status(self.output_dir, grid.slide_id)
-            if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and path.is_file():
+            if old and old.get("fingerprint") == fingerprint and old.get("status") == DONE and bag_file_intact(path):
                 return {k: v for k, v in old.items() if k != "fingerprint"}
             real_bag = read_real_bag(sub, label, self.backend or grid.info.backend, 64, 0, {})
             if len(real_bag) == 0:
@@ -469,7 +511,16 @@ class SyntheticBagsWorkflow:
 
     # ------------------------------------------------------------------ run
     def run(self) -> BagDirectory:
-        """Tile if needed, fit the cohort's shared parts, distil this rank's slides, merge ``manifest.csv``."""
+        """Tile if needed, fit the cohort's shared parts, distil this rank's slides, merge ``manifest.csv``.
+
+        The output directory is locked for the run and gets a ``status.json``; a failed run's ``manifest.csv`` is
+        moved to ``failed/`` (see :func:`monai_distill.runs.guarded_run`).
+        """
+        refuse_multiprocess_without_config("wsi_synthetic_bags")
+        with guarded_run(self.output_dir, ("manifest.csv",), {"workflow": "wsi_synthetic_bags"}):
+            return self._run()
+
+    def _run(self) -> BagDirectory:
         check_output_dir(self.output_dir)
         grids, failed_tiling = self._grids()
         cohort = self._prepare_cohort(grids)

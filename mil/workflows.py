@@ -24,6 +24,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +32,48 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Subset
 
-from monai_distill.utils import atomic_path, atomic_write_json, check_output_dir, to_bool
+from monai_distill.checks import OptionError, option_bool, option_choice, option_dict, option_float, option_int
+from monai_distill.networks import NETWORKS
+from monai_distill.runs import guarded_run, refuse_multiprocess_without_config
+from monai_distill.utils import atomic_path, atomic_write_json, check_output_dir, resolve_device
+from wsi.datasets import load_grids
 from wsi.distributed import barrier, dist_context, shard
-from wsi.slides import list_slides
+from wsi.reader import BACKENDS
+from wsi.slides import check_slide_files, list_slides
 from wsi.workflows import TilingWorkflow
 
 from .bags import Bag, BagDirectory, BagError
 from .features import EncoderConfig, FeatureExtractor
+from .heads import MIL_HEADS, get_mil_head
 from .heatmap import save_attention_heatmap
-from .real_bags import make_real_bags
+from .real_bags import label_index, make_real_bags, option_label_map
 from .train import MILTrainer, Predictions, TrainConfig, TrainResult, torch_threads
 
 __all__ = ["MILEvaluateWorkflow", "MILTrainWorkflow", "real_test_bags", "stratified_split"]
 
 logger = logging.getLogger(__name__)
+
+# What a finished run leaves; a failed run's copies are moved to output_dir/failed/ (monai_distill.runs).
+TRAIN_ARTEFACTS = ("model.pt", "metrics.json", "predictions.csv", "history.csv", "heatmaps")
+EVALUATE_ARTEFACTS = ("metrics.json", "predictions.csv", "checkpoint_info.json", "heatmaps")
+
+
+def _encoder_config(name: Any, options: Any, checkpoint: Any, seed: Any, input_size: Any) -> EncoderConfig:
+    """The frozen encoder of the bundle options, each checked (name, options, checkpoint file, seed, size)."""
+    name = None if name in (None, "", "none", "None") else str(name).lower()
+    checkpoint = None if checkpoint in (None, "") else str(checkpoint)
+    if name is None and checkpoint is None:
+        raise OptionError("--encoder must be a network name (" + ", ".join(NETWORKS.names()) + ") or, with no name, "
+                          "--encoder_checkpoint a whole program (.pt2 or TorchScript); got neither.")
+    if name is not None and name not in NETWORKS:
+        raise OptionError(f"--encoder must be one of {', '.join(NETWORKS.names())}; got {name!r}.")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise OptionError(f"--encoder_checkpoint: file '{checkpoint}' does not exist.")
+    enc: dict[str, Any] = {"name": name, "checkpoint": checkpoint, "seed": option_int(seed, "encoder_seed"),
+                           "input_size": option_int(input_size, "input_size", minimum=8, allow_none=True)}
+    if options is not None:
+        enc["options"] = option_dict(options, "encoder_options")
+    return EncoderConfig.from_any(enc)
 
 
 def _is_bag_dir(path: Path) -> bool:
@@ -104,6 +133,70 @@ def real_test_bags(
     if len(bags) == 0:
         raise BagError(f"no real test bag from '{path}' (split={split!r}).")
     return bags
+
+
+@dataclass
+class _Scan:
+    """What a run needs to know about a bag set or slide list before any heavy work (read once, kept small)."""
+
+    where: str
+    slide_ids: list[str]
+    labels: list[int]
+    patch_shape: tuple[int, int, int] | None = None  # of the first bag with patches (or the tiling's patches)
+    feature_dims: dict[str, int] = field(default_factory=dict)  # slide_id -> F of feature-only bags
+    meta: dict[str, Any] = field(default_factory=dict)  # of the first bag
+    splits: list[str | None] = field(default_factory=list)  # meta["split"] of each bag
+
+
+def _scan_bags(bags: Sequence[Bag], where: str) -> _Scan:
+    """Read every bag once (each is validated as it loads; a damaged file raises naming it) and collect ids, labels,
+    the patch shape and the feature sizes; bags of different channel counts or feature sizes are refused."""
+    scan = _Scan(where, [], [])
+    first_patches = ""
+    for i in range(len(bags)):
+        bag = bags[i]
+        if i == 0:
+            scan.meta = dict(bag.meta)
+        scan.slide_ids.append(bag.slide_id)
+        scan.labels.append(int(bag.label))
+        scan.splits.append(bag.meta.get("split"))
+        if bag.patch_shape is None:
+            scan.feature_dims[bag.slide_id] = int(bag.features.shape[1])  # type: ignore[union-attr]
+        elif scan.patch_shape is None:
+            scan.patch_shape, first_patches = bag.patch_shape, bag.slide_id
+        elif bag.patch_shape[0] != scan.patch_shape[0]:
+            raise BagError(f"{where}: bag '{bag.slide_id}' has {bag.patch_shape[0]}-channel patches but bag "
+                           f"'{first_patches}' has {scan.patch_shape[0]}; every bag needs the same channels.")
+    dims = sorted(set(scan.feature_dims.values()))
+    if len(dims) > 1:
+        by_dim = {d: next(s for s, f in scan.feature_dims.items() if f == d) for d in dims}
+        sizes = ", ".join(f"{d} (e.g. '{s}')" for d, s in by_dim.items())
+        raise BagError(f"{where}: feature-only bags have different feature sizes {sizes}; they must come from one "
+                       "encoder.")
+    return scan
+
+
+def _check_labels(scan: _Scan, num_classes: int, source: str) -> None:
+    """Every label of ``scan`` is a class of a ``num_classes`` head (whose count comes from ``source``)."""
+    for sid, label in zip(scan.slide_ids, scan.labels):
+        if label >= num_classes:
+            raise BagError(f"{scan.where}: slide '{sid}' has label {label}, but the head has {num_classes} classes "
+                           f"(0..{num_classes - 1}, from {source}); fix the label or the class count.")
+
+
+def _check_feature_dims(scans: Sequence[_Scan], encoder_dim: int | None, encoder: str) -> None:
+    """Feature-only bags hold features of the size the encoder makes (or, without an encoder, all of one size)."""
+    expected, origin = encoder_dim, encoder
+    for scan in scans:
+        for sid, dim in scan.feature_dims.items():
+            if expected is None:
+                expected, origin = dim, f"bag '{sid}' of {scan.where}"
+            elif dim != expected:
+                raise BagError(
+                    f"{scan.where}: bag '{sid}' holds {dim} features per instance but {origin} gives {expected}; "
+                    "features of different encoders cannot be mixed (store patches in the bags, or use the encoder "
+                    "that made these features)."
+                )
 
 
 def _slide_id(bags: Sequence[Bag], i: int) -> str:
@@ -173,25 +266,34 @@ class _MILWorkflowBase:
         n_heatmaps: int = 4,
         progress: bool = True,
     ) -> None:
+        # Every option is checked here, before any bag or slide is read (messages name the option).
         self.test_slides = test_slides
         self.output_dir = Path(output_dir)
         self.feature_cache = Path(feature_cache) if feature_cache else self.output_dir / "features"
-        self.feature_batch_size = int(feature_batch_size)
+        self.feature_batch_size: int = option_int(feature_batch_size, "feature_batch_size", minimum=1)  # type: ignore[assignment]
         self.device = None if device in (None, "", "auto") else str(device)
-        self.amp = to_bool(amp)
-        self.num_threads = None if num_threads in (None, "", 0) else int(num_threads)
-        self.seed = int(seed)
-        self.test_split = test_split or None
-        self.max_test_patches = None if max_test_patches in (None, "", 0) else int(max_test_patches)
+        try:
+            resolve_device(self.device)
+        except (RuntimeError, ValueError) as e:
+            raise OptionError(f"--device must be cpu, cuda or cuda:N on a machine that has it; got {self.device!r} "
+                              f"({e}).") from e
+        self.amp = option_bool(amp, "amp")
+        self.num_threads = option_int(num_threads, "num_threads", minimum=0, allow_none=True) or None
+        self.seed: int = option_int(seed, "seed")  # type: ignore[assignment]
+        self.test_split = None if test_split in (None, "") else str(test_split)
+        self.max_test_patches = option_int(max_test_patches, "max_test_patches", minimum=0, allow_none=True) or None
         self.test_bags_dir = Path(test_bags_dir) if test_bags_dir else self.output_dir / "test_bags"
-        self.patch_size = None if patch_size is None else int(patch_size)
-        self.level = None if level is None else int(level)
-        self.mpp = None if mpp is None else float(mpp)
-        self.tissue_threshold = float(tissue_threshold)
-        self.backend = str(backend)
-        self.label_map = label_map
-        self.n_heatmaps = int(n_heatmaps)
-        self.progress = to_bool(progress)
+        # Tiling options of held-out slides: None means "as the training patches" (see _tiling_options).
+        self.patch_size = option_int(patch_size, "patch_size", minimum=1, allow_none=True)
+        self.level = option_int(level, "level", minimum=0, allow_none=True)
+        self.mpp = option_float(mpp, "mpp", minimum=0, min_inclusive=False, allow_none=True)
+        if self.level is not None and self.mpp is not None:
+            raise OptionError(f"--level and --mpp: give one of them, found level {self.level} and mpp {self.mpp:g}.")
+        self.tissue_threshold: float = option_float(tissue_threshold, "tissue_threshold", 0.0, 1.0)  # type: ignore[assignment]
+        self.backend: str = option_choice(backend, "backend", BACKENDS)  # type: ignore[assignment]
+        self.label_map = option_label_map(label_map)
+        self.n_heatmaps: int = option_int(n_heatmaps, "n_heatmaps", minimum=0)  # type: ignore[assignment]
+        self.progress = option_bool(progress, "progress")
 
     def _tiling_options(self, reference: dict[str, Any]) -> dict[str, Any]:
         """Tiling settings for held-out slides: explicit options first, else those of the training patches
@@ -206,6 +308,49 @@ class _MILWorkflowBase:
     def _test_bags(self, reference: dict[str, Any]) -> Sequence[Bag]:
         return real_test_bags(self.test_slides, self.test_bags_dir, self.test_split, self.max_test_patches, self.seed,
                               self.label_map, self._tiling_options(reference), self.progress)
+
+    def _scan_test(self, reference: dict[str, Any]) -> _Scan:
+        """Ids, labels and patch size of the held-out slides, from the bags, grids or slide list alone (nothing is
+        tiled or encoded yet)."""
+        path = Path(self.test_slides)
+        where = f"--test_slides '{path}'"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{where} does not exist (expected a bag directory, a tiling output directory, a directory of slides "
+                "or a CSV slide_path,label[,split][,slide_id])."
+            )
+        split = self.test_split
+        if _is_bag_dir(path):
+            scan = _scan_bags(BagDirectory(path), where)
+            if split is not None:
+                keep = [i for i, s in enumerate(scan.splits) if s == split]
+                ids = [scan.slide_ids[i] for i in keep]
+                scan = _Scan(where, ids, [scan.labels[i] for i in keep], scan.patch_shape,
+                             {k: v for k, v in scan.feature_dims.items() if k in set(ids)}, scan.meta)
+        elif path.is_dir() and (path / "coords").is_dir():
+            grids = [g for g in load_grids(path) if split is None or g.split == split]
+            labels = [label_index(g.label, g.slide_id, self.label_map, f"in '{path}'") for g in grids]
+            size = int(grids[0].spec.patch_size) if grids else 0
+            scan = _Scan(where, [g.slide_id for g in grids], labels, (3, size, size))
+        else:
+            records = list_slides(path)
+            check_slide_files(records, path, "test_slides")
+            records = [r for r in records if split is None or r.split == split]
+            labels = [label_index(r.label, r.slide_id, self.label_map, f"in '{path}'") for r in records]
+            size = int(self._tiling_options(reference)["patch_size"])
+            scan = _Scan(where, [r.slide_id for r in records], labels, (3, size, size))
+        if not scan.slide_ids:
+            raise BagError(f"--test_split {split!r}: no slide of that split in {where}.")
+        return scan
+
+    def _setup_encoder(self, extractor: FeatureExtractor, patch_shape: tuple[int, int, int]) -> None:
+        """Build the frozen encoder now, so that bad encoder settings fail before any slide is tiled."""
+        try:
+            extractor.setup(patch_shape[0], patch_shape[-1])
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            cfg = extractor.config
+            raise OptionError(f"--encoder {cfg.name} --encoder_options {cfg.options}: cannot build the encoder for "
+                              f"{patch_shape[0]}-channel {patch_shape[-1]} px patches: {e}") from e
 
     def _extractor(self, encoder: EncoderConfig) -> FeatureExtractor:
         return FeatureExtractor(encoder, self.feature_cache, self.feature_batch_size, self.device, self.amp,
@@ -229,9 +374,12 @@ class _MILWorkflowBase:
         preds = trainer.predict(test)
         preds.to_csv(self.output_dir / "predictions.csv")
         m = preds.metrics()
-        metrics = {"model": trainer.model_name, "auc": m["auc"], "acc": m["acc"], "balanced_acc": m["balanced_acc"],
-                   **metrics, "test_loss": m["loss"], "n_test_bags": len(test),
-                   "heatmaps": self._heatmaps(test, preds)}
+        if len(set(preds.labels.tolist())) < 2:
+            logger.warning("the %d held-out slide(s) all have label %d: AUC is undefined (null in metrics.json).",
+                           len(test), int(preds.labels[0]))
+        metrics = {"status": "finished", "model": trainer.model_name, "auc": m["auc"], "acc": m["acc"],
+                   "balanced_acc": m["balanced_acc"], **metrics, "num_classes": trainer.num_classes,
+                   "test_loss": m["loss"], "n_test_bags": len(test), "heatmaps": self._heatmaps(test, preds)}
         metrics = _json_clean(metrics)
         atomic_write_json(metrics, self.output_dir / "metrics.json")
         logger.info("%s: test AUC %s, acc %.3f, balanced acc %.3f -> %s", trainer.model_name, metrics["auc"],
@@ -320,52 +468,74 @@ class MILTrainWorkflow(_MILWorkflowBase):
     ) -> None:
         super().__init__(test_slides, output_dir, **kwargs)
         self.train_bags = Path(train_bags)
-        self.model = str(model).lower()
-        self.head_options = dict(head_options or {})
-        options = dict(encoder_options) if encoder_options is not None else None
-        enc: dict[str, Any] = {"name": encoder, "checkpoint": encoder_checkpoint or None, "seed": int(encoder_seed),
-                               "input_size": None if input_size is None else int(input_size)}
-        if options is not None:
-            enc["options"] = options
-        self.encoder = EncoderConfig.from_any(enc)
+        self.model: str = option_choice(model, "model", MIL_HEADS.names())  # type: ignore[assignment]
+        self.head_options = option_dict(head_options, "head_options")
+        self.num_classes = option_int(num_classes, "num_classes", minimum=2, allow_none=True)
+        try:  # a tiny head with these options: a misspelt option fails now, not after feature extraction
+            get_mil_head(self.model, 8, self.num_classes or 2, **self.head_options)
+        except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as e:
+            raise OptionError(f"--head_options {self.head_options}: not valid for head '{self.model}' ({e}).") from e
+        self.encoder = _encoder_config(encoder, encoder_options, encoder_checkpoint, encoder_seed, input_size)
         self.train_config = TrainConfig(
-            epochs=int(epochs), lr=float(lr), weight_decay=float(weight_decay),
-            patience=None if patience in (None, "", 0) else int(patience), min_epochs=int(min_epochs),
-            batch_size=int(batch_size), seed=self.seed, device=self.device, amp=self.amp,
-            num_threads=self.num_threads, standardize=to_bool(standardize), progress=self.progress,
+            epochs=option_int(epochs, "epochs", minimum=1),  # type: ignore[arg-type]
+            lr=option_float(lr, "lr", minimum=0, min_inclusive=False),  # type: ignore[arg-type]
+            weight_decay=option_float(weight_decay, "weight_decay", minimum=0),  # type: ignore[arg-type]
+            patience=option_int(patience, "patience", minimum=0, allow_none=True) or None,
+            min_epochs=option_int(min_epochs, "min_epochs", minimum=0),  # type: ignore[arg-type]
+            batch_size=option_int(batch_size, "batch_size", minimum=1),  # type: ignore[arg-type]
+            seed=self.seed, device=self.device, amp=self.amp, num_threads=self.num_threads,
+            standardize=option_bool(standardize, "standardize"), progress=self.progress,
         )
-        self.val_fraction = float(val_fraction)
-        self.num_classes = None if num_classes is None else int(num_classes)
-        self.allow_overlap = to_bool(allow_overlap)
+        self.val_fraction: float = option_float(val_fraction, "val_fraction", 0.0, 1.0)  # type: ignore[assignment]
+        if self.val_fraction >= 1.0:
+            raise OptionError(f"--val_fraction must be in [0, 1) (the share of training bags held out for validation), "
+                              f"got {val_fraction!r}.")
+        self.allow_overlap = option_bool(allow_overlap, "allow_overlap")
 
     def run(self) -> dict[str, Any]:
-        """Train and evaluate; returns the metrics (rank 0; other ranks return ``{}``)."""
-        check_output_dir(self.output_dir)
-        with torch_threads(self.num_threads):
+        """Train and evaluate; returns the metrics (rank 0; other ranks return ``{}``).
+
+        The output directory is locked for the run and gets a ``status.json``; a failed run's ``model.pt``,
+        ``metrics.json``, ... are moved to ``failed/`` (see :func:`monai_distill.runs.guarded_run`).
+        """
+        refuse_multiprocess_without_config("mil_slide_classification")
+        with guarded_run(self.output_dir, TRAIN_ARTEFACTS, {"workflow": "mil_slide_classification train"}), \
+                torch_threads(self.num_threads):
+            check_output_dir(self.output_dir)
             return self._run()
 
     def _run(self) -> dict[str, Any]:
-        train_dir = BagDirectory(self.train_bags)
-        reference = train_dir[0]  # bags are read one at a time: a cohort of real patches need not fit in memory
-        ref_meta = {"patch_size": None if reference.patch_shape is None else reference.patch_shape[-1],
-                    "level": reference.meta.get("level"), "mpp": reference.meta.get("mpp")}
-        test = self._test_bags(ref_meta)
-        overlap = sorted(set(train_dir.slide_ids) & {_slide_id(test, i) for i in range(len(test))})
+        # Everything that can be checked is checked before tiling, feature extraction or training starts: every
+        # training bag readable, labels of at least two classes within the head's, held-out slides listed and
+        # labelled, no slide on both sides, and features of one size.
+        try:
+            train_dir = BagDirectory(self.train_bags)
+        except (FileNotFoundError, BagError) as e:
+            raise type(e)(f"--train_bags: {e}") from e
+        train_scan = _scan_bags(train_dir, f"--train_bags '{self.train_bags}'")
+        num_classes = self._class_count(train_scan)
+        ref_meta = {"patch_size": None if train_scan.patch_shape is None else train_scan.patch_shape[-1],
+                    "level": train_scan.meta.get("level"), "mpp": train_scan.meta.get("mpp")}
+        test_scan = self._scan_test(ref_meta)
+        _check_labels(test_scan, num_classes, "--num_classes" if self.num_classes else "the training bags")
+        overlap = sorted(set(train_scan.slide_ids) & set(test_scan.slide_ids))
         if overlap and not self.allow_overlap:
             raise BagError(
                 f"slides {overlap[:10]} are both training bags ('{self.train_bags}') and held-out test slides: the "
                 "test would see its own training slides. Use a test split (test_split) or set allow_overlap."
             )
         extractor = self._extractor(self.encoder)
-        if reference.patch_shape is not None:
-            extractor.setup(reference.patch_shape[0], reference.patch_shape[-1])
+        reference = train_scan.patch_shape or test_scan.patch_shape
+        if reference is not None:
+            self._setup_encoder(extractor, reference)
+        _check_feature_dims([train_scan, test_scan], extractor.feature_dim, f"encoder '{self.encoder.name}'")
+        test = self._test_bags(ref_meta)
         start = time.perf_counter()
         feats = self._features(extractor, {"train": train_dir, "test": test})
         if feats is None:
             return {}
         feature_seconds = time.perf_counter() - start
         train_f, val_f = stratified_split(feats["train"], self.val_fraction, self.seed)
-        num_classes = self.num_classes or max(2, 1 + max(b.label for b in feats["train"] + feats["test"]))
         in_features = feats["train"][0].features.shape[1]  # type: ignore[union-attr]
         trainer = MILTrainer(self.model, in_features, num_classes, self.head_options, self.train_config)
         result = trainer.fit(train_f, val_f)
@@ -373,7 +543,7 @@ class MILTrainWorkflow(_MILWorkflowBase):
         train_m = trainer.predict(train_f).metrics()
         sources = sorted({b.source for b in feats["train"]})
         extra = {"encoder": self.encoder.to_dict(), "encoder_key": extractor.key, "feature_dim": in_features,
-                 "in_channels": None if reference.patch_shape is None else reference.patch_shape[0],
+                 "in_channels": None if reference is None else reference[0],
                  "input_size": None if extractor.encoder is None else extractor.encoder.input_size,
                  "tiling": ref_meta, "epochs": result.epochs_run, "seconds_per_epoch": result.seconds_per_epoch,
                  "train_source": "+".join(sources)}
@@ -403,6 +573,23 @@ class MILTrainWorkflow(_MILWorkflowBase):
         }
         return self._write_outputs(trainer, feats["test"], metrics)
 
+    def _class_count(self, train: _Scan) -> int:
+        """The head's class count: ``num_classes``, or one more than the largest training label; training bags must
+        show at least two classes, and without ``num_classes`` every class 0..C-1."""
+        distinct = sorted(set(train.labels))
+        if len(distinct) < 2:
+            raise BagError(f"{train.where}: all {len(train.labels)} training bag(s) have label {distinct[0]}; "
+                           "training a classifier needs bags of at least two classes.")
+        if self.num_classes is not None:
+            _check_labels(train, self.num_classes, "--num_classes")
+            return self.num_classes
+        missing = sorted(set(range(distinct[-1] + 1)) - set(distinct))
+        if missing:
+            raise BagError(f"{train.where}: labels {distinct} leave class(es) {missing} without a training bag; class "
+                           f"indices must run 0..C-1 (relabel the bags, or set --num_classes {distinct[-1] + 1} to "
+                           "train with empty classes).")
+        return distinct[-1] + 1
+
     def _write_history(self, result: TrainResult) -> None:
         with atomic_path(self.output_dir / "history.csv") as tmp:
             pd.DataFrame(result.history).to_csv(tmp, index=False)
@@ -429,25 +616,39 @@ class MILEvaluateWorkflow(_MILWorkflowBase):
         self.checkpoint = Path(checkpoint)
 
     def run(self) -> dict[str, Any]:
-        """Evaluate; returns the metrics (rank 0; other ranks return ``{}``)."""
-        check_output_dir(self.output_dir)
-        with torch_threads(self.num_threads):
+        """Evaluate; returns the metrics (rank 0; other ranks return ``{}``). Locked and recorded like training."""
+        refuse_multiprocess_without_config("mil_slide_classification")
+        with guarded_run(self.output_dir, EVALUATE_ARTEFACTS, {"workflow": "mil_slide_classification evaluate"}), \
+                torch_threads(self.num_threads):
+            check_output_dir(self.output_dir)
             return self._run()
 
     def _run(self) -> dict[str, Any]:
         overrides = {"device": self.device, "amp": self.amp, "num_threads": self.num_threads, "progress": self.progress}
-        trainer, extra = MILTrainer.load(self.checkpoint, **overrides)
+        try:
+            trainer, extra = MILTrainer.load(self.checkpoint, **overrides)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"--checkpoint: {e}") from e
         if "encoder" not in extra:
-            raise ValueError(f"'{self.checkpoint}' records no encoder; it was not written by MILTrainWorkflow.")
-        test = self._test_bags(extra.get("tiling") or {})
+            raise ValueError(f"--checkpoint '{self.checkpoint}' records no encoder; it was not written by "
+                             "MILTrainWorkflow (the mil_slide_classification train.json).")
+        # Checked before any slide is tiled: held-out labels within the head's classes, features of its size.
+        test_scan = self._scan_test(extra.get("tiling") or {})
+        _check_labels(test_scan, trainer.num_classes, f"--checkpoint '{self.checkpoint}'")
         extractor = self._extractor(EncoderConfig.from_any(extra["encoder"]))
         if extra.get("in_channels") and extra.get("input_size"):
-            extractor.setup(int(extra["in_channels"]), int(extra["input_size"]))
+            self._setup_encoder(extractor, (int(extra["in_channels"]), 0, int(extra["input_size"])))
             if extractor.key != extra.get("encoder_key"):
                 logger.warning(
                     "encoder key %s differs from the checkpoint's %s (another torch version or a changed encoder "
                     "checkpoint): features may not match those the head was trained on.", extractor.key,
                     extra.get("encoder_key"))
+        if extractor.feature_dim is not None and extractor.feature_dim != trainer.in_features:
+            raise ValueError(f"--checkpoint '{self.checkpoint}': its head takes {trainer.in_features} features per "
+                             f"instance but its encoder now gives {extractor.feature_dim} (a changed encoder "
+                             "checkpoint?).")
+        _check_feature_dims([test_scan], trainer.in_features, f"the head of --checkpoint '{self.checkpoint}'")
+        test = self._test_bags(extra.get("tiling") or {})
         feats = self._features(extractor, {"test": test})
         if feats is None:
             return {}

@@ -84,7 +84,7 @@ PRESETS: dict[tuple[str, int], Preset] = {
         "quick", eval_models=3, eval_epochs=300, eval_epochs_full=20, width=32, embed_epochs=10, forgetting_epochs=10
     ),
     ("quick", 3): Preset(
-        "quick", eval_models=3, eval_epochs=100, eval_epochs_full=5, width=16, eval_batch=64, embed_epochs=3,
+        "quick", eval_models=3, eval_epochs=100, eval_epochs_full=12, width=16, eval_batch=64, embed_epochs=3,
         forgetting_epochs=3,
     ),
 }

@@ -6,6 +6,7 @@ Both are plain classes with a ``run()`` method, built by MONAI's ``ConfigParser`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,13 +22,27 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checks import (
+    OptionError,
+    check_not_constant,
+    check_num_classes,
+    check_same_images,
+    option_bool,
+    option_dict,
+    option_file,
+    option_float,
+    option_int,
+    option_str,
+)
 from .data import RealDataset, SyntheticSet, load_dataset
-from .evaluation import EvalResult, evaluate_models, evaluate_synthetic
+from .data.medmnist import MEDMNIST_SIZES, medmnist_info, medmnist_path
+from .evaluation import EvalResult, class_prior, evaluate_models, evaluate_synthetic
 from .methods import DistillConfig, Distiller, get_method
-from .networks import NETWORKS
+from .networks import NETWORKS, get_network
 from .plotting import line_plot
 from .presets import Preset, deep_merge, get_preset, method_settings
 from .progress import progress_bar
+from .runs import RunError, guarded_run, refuse_multiprocess_without_config
 from .utils import (
     atomic_path,
     atomic_torch_save,
@@ -37,7 +52,6 @@ from .utils import (
     reset_peak_memory,
     resolve_device,
     seed_everything,
-    to_bool,
 )
 
 __all__ = ["BuffersWorkflow", "DistillWorkflow", "EvaluateWorkflow", "InterruptedRun", "is_main_process"]
@@ -63,6 +77,44 @@ def _machine() -> str:
 
 def _config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_device(device: Any) -> torch.device:
+    """:func:`resolve_device`, with errors that name ``--device``."""
+    try:
+        return resolve_device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise OptionError(f"--device: {' '.join(str(e).split())}") from None
+
+
+def _check_preset_overrides(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--preset_overrides`` checked field by field against :class:`Preset` (known keys, types, ranges).
+
+    Raises:
+        KeyError: unknown preset name (lists the valid ones).
+        OptionError: an unknown key, or a value of the wrong type or out of range.
+    """
+    base = get_preset(preset)
+    valid = [f.name for f in dataclasses.fields(Preset) if f.name != "name"]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise OptionError(f"--preset_overrides: unknown key(s) {unknown}; valid keys: {', '.join(sorted(valid))}.")
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        label, default = f"--preset_overrides '{key}'", getattr(base, key)
+        if value is None:
+            out[key] = None
+        elif isinstance(default, bool):
+            out[key] = option_bool(value, label)
+        elif isinstance(default, int):
+            out[key] = option_int(value, label, minimum=1)
+        elif isinstance(default, float):
+            strict = key == "eval_lr"
+            out[key] = option_float(value, label, minimum=0.0, maximum=1.0 if key == "momentum" else None,
+                                    min_inclusive=not strict)
+        else:
+            out[key] = option_str(value, label)
+    return out
 
 
 class _Workflow:
@@ -96,17 +148,65 @@ class _Workflow:
         preset_overrides: dict[str, Any] | None = None,
         progress: bool = True,
     ) -> None:
-        self.output_dir = Path(output_dir)
-        self.dataset = dataset
-        self.dataset_dir = dataset_dir
-        self.size = None if size is None else int(size)
-        self.preset_name = str(preset)
-        self.seed = int(seed)
-        self.device = resolve_device(device)
-        self.eval_models = eval_models
-        self.eval_epochs = eval_epochs
-        self.preset_overrides = dict(preset_overrides or {})
-        self.progress = to_bool(progress)
+        # Every option is checked here, before any data is read or time is spent (names, types, ranges); the
+        # errors name the option. Files are checked last, by _check_dataset.
+        refuse_multiprocess_without_config(f"the bundle ({type(self).__name__})")
+        self.output_dir = Path(str(option_str(output_dir, "output_dir")))
+        self.dataset = option_str(dataset, "dataset", allow_none=True)
+        self.dataset_dir = str(option_str(dataset_dir, "dataset_dir"))
+        self.size = option_int(size, "size", minimum=1, allow_none=True)
+        self.preset_name = str(option_str(preset, "preset"))
+        self.seed = int(option_int(seed, "seed", minimum=0))  # type: ignore[arg-type]
+        self.device = _check_device(device)
+        self.eval_models = option_int(eval_models, "eval_models", minimum=1, allow_none=True)
+        self.eval_epochs = option_int(eval_epochs, "eval_epochs", minimum=1, allow_none=True)
+        self.preset_overrides = _check_preset_overrides(self.preset_name, option_dict(preset_overrides,
+                                                                                      "preset_overrides"))
+        self.progress = option_bool(progress, "progress")
+
+    def _check_dataset(self) -> None:
+        """``--dataset`` exists: a readable ``.npz``/``.csv``, or a known MedMNIST flag whose file (at ``--size``,
+        when known) is in ``--dataset_dir``."""
+        if self.dataset is None:
+            return
+        suffix = Path(self.dataset).suffix.lower()
+        if suffix in (".npz", ".csv"):
+            option_file(self.dataset, "dataset")
+            return
+        if suffix:
+            raise OptionError(
+                f"--dataset must be a MedMNIST flag (e.g. breastmnist) or the path of a .npz or .csv file, "
+                f"got '{self.dataset}'."
+            )
+        try:
+            medmnist_info(self.dataset)
+        except KeyError as e:
+            raise OptionError(f"--dataset: {e.args[0]}") from None
+        if self.size is not None:
+            if self.size not in MEDMNIST_SIZES:
+                raise OptionError(
+                    f"--size must be one of {MEDMNIST_SIZES} (the sizes MedMNIST ships) for --dataset "
+                    f"{self.dataset}, got {self.size}."
+                )
+            medmnist_path(self.dataset, self.dataset_dir, self.size)
+
+    @staticmethod
+    def _check_network(arch: str, option: str, ds: RealDataset, preset: Preset) -> None:
+        """Build ``arch`` once for the data (cheap) so that an architecture that cannot take these images fails now,
+        not after distillation."""
+        try:
+            get_network(arch, ds.spatial_dims, ds.in_channels, ds.num_classes, ds.spatial_size, width=preset.width,
+                        depth=preset.depth, norm=preset.norm)
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise OptionError(
+                f"--{option} {arch} cannot take the images of '{ds.source or ds.name}' (shape "
+                f"{(ds.in_channels, *ds.spatial_size)}): {' '.join(str(e).split())}"
+            ) from None
+
+    @staticmethod
+    def _check_split(ds: RealDataset) -> None:
+        """Data checks the loaders cannot make alone: a split of constant (e.g. all-zero) images."""
+        check_not_constant(ds.images, f"'{ds.source or ds.name}' ({ds.split} split)")
 
     def _dataset_ref(self) -> str | None:
         """What ``--dataset`` must be to load this data again: the flag, or the absolute path of a user file."""
@@ -124,6 +224,7 @@ class _Workflow:
 
     def _write_metrics(self, metrics: dict[str, Any]) -> Path:
         path = self.output_dir / "metrics.json"
+        metrics["status"] = "finished"  # written last: a metrics.json without it is not a finished run's
         if is_main_process():
             atomic_write_json(metrics, path)
             logger.info("wrote %s", path)
@@ -139,6 +240,12 @@ class _Workflow:
             "machine": _machine(),
             "version": __version__,
         }
+
+
+def _train_prior(syn: SyntheticSet) -> torch.Tensor | None:
+    """The train split's class frequencies recorded in a set (sets saved before they were recorded have none)."""
+    prior = syn.meta.get("train_class_prior")
+    return None if prior is None else torch.tensor(prior, dtype=torch.float32)
 
 
 class InterruptedRun(RuntimeError):
@@ -219,25 +326,23 @@ class DistillWorkflow(_Workflow):
         **common: Any,
     ) -> None:
         super().__init__(output_dir, dataset=dataset, size=size, **common)
-        # Fail on names before any data is read or time is spent.
-        self.method_cls = get_method(method)
+        # Fail on names and values before any data is read or time is spent.
+        if self.dataset is None:
+            raise OptionError("--dataset is required: a MedMNIST flag, or the path of a .npz or .csv file.")
+        self.method_cls = get_method(str(option_str(method, "method")))
         self.method = self.method_cls.name
-        self.arch = str(arch).lower()
-        self.eval_arch = str(eval_arch).lower() if eval_arch else self.arch
+        self.arch = str(option_str(arch, "arch")).lower()
+        self.eval_arch = str(option_str(eval_arch, "eval_arch", allow_none=True) or self.arch).lower()
         for name in (self.arch, self.eval_arch):
             NETWORKS.get(name)
-        get_preset(self.preset_name)
-        self.ipc = int(ipc)
-        if self.ipc < 1:
-            raise ValueError(f"ipc must be >= 1, got {ipc}.")
-        self.method_options = dict(method_options or {})
-        self.resume = to_bool(resume)
-        self.evaluate = to_bool(evaluate)
-        self.buffer_dir = str(buffer_dir)
-        self.checkpoint_every = int(checkpoint_every or 0)
-        self.eval_every = int(eval_every or 0)
-        if self.checkpoint_every < 0 or self.eval_every < 0:
-            raise ValueError("checkpoint_every and eval_every must be >= 0.")
+        self.ipc = int(option_int(ipc, "ipc", minimum=1))  # type: ignore[arg-type]
+        self.method_options = option_dict(method_options, "method_options")
+        self.resume = option_bool(resume, "resume")
+        self.evaluate = option_bool(evaluate, "evaluate")
+        self.buffer_dir = str(option_str(buffer_dir, "buffer_dir"))
+        self.checkpoint_every = option_int(checkpoint_every, "checkpoint_every", minimum=0, allow_none=True) or 0
+        self.eval_every = option_int(eval_every, "eval_every", minimum=0, allow_none=True) or 0
+        self._check_dataset()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -253,21 +358,40 @@ class DistillWorkflow(_Workflow):
         return deep_merge(opts, self.method_options)
 
     def distiller(self) -> tuple[Distiller, RealDataset, Preset, dict[str, Any]]:
-        """Load the train split and build the configured distiller (not yet initialised)."""
+        """Load (and check) the train split and build the configured distiller (not yet initialised)."""
         train = self._load("train")
+        self._check_split(train)
         preset = self._preset(train.spatial_dims)
         options = self._options(train, preset)
         cfg = DistillConfig(ipc=self.ipc, arch=self.arch, preset=preset, seed=self.seed, options=options)
         return self.method_cls(train, cfg, self.device), train, preset, options
 
+    FINAL_ARTEFACTS: tuple[str, ...] = ("synthetic.pt", "synthetic.png", "metrics.json")
+
     def run(self) -> dict[str, Any]:
-        """Distil (checkpointing, evaluating along the way), save, evaluate; return the metrics of ``metrics.json``."""
+        """Distil (checkpointing, evaluating along the way), save, evaluate; return the metrics of ``metrics.json``.
+
+        The output directory is locked for the run and ``status.json`` records it; a failed run moves the final
+        artefacts it wrote into ``failed/`` (see :func:`~monai_distill.runs.guarded_run`).
+        """
+        with guarded_run(self.output_dir, self.FINAL_ARTEFACTS, extra={"workflow": type(self).__name__}):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         check_output_dir(self.output_dir)
         seed_everything(self.seed)
         distiller, train, preset, options = self.distiller()
         config = self._config(preset, options)
         reset_peak_memory(self.device)
         test = self._load("test") if (self.evaluate or self.eval_every) else None
+        self._check_network(self.arch, "arch", train, preset)
+        if self.evaluate or self.eval_every:
+            self._check_network(self.eval_arch, "eval_arch", train, preset)
+        if test is not None:  # before any distillation time is spent
+            self._check_split(test)
+            where = f"the test split of '{test.source or test.name}'"
+            check_same_images(test.images.shape[1:], train.images.shape[1:], where, "the train split")
+            check_num_classes(test.num_classes, train.num_classes, where, "the train split")
 
         start = time.perf_counter()
         distiller.init_synthetic()
@@ -298,7 +422,7 @@ class DistillWorkflow(_Workflow):
             metrics["final_losses"] = progress.history[-1]
         if self.evaluate:
             result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device,
-                                        progress=self.progress)
+                                        progress=self.progress, target_prior=_train_prior(syn))
             metrics.update(self._common_metrics(preset, result))
             if self.eval_every:
                 self._record_eval(progress, result, preset)
@@ -341,6 +465,7 @@ class DistillWorkflow(_Workflow):
             config_hash=_config_hash(config),
             dataset_ref=self._dataset_ref(),
             size=self.size,
+            train_class_prior=class_prior(distiller.real.labels, distiller.real.num_classes).tolist(),
         )
         if is_main_process():
             syn.save(self.output_dir / "synthetic.pt")
@@ -371,7 +496,21 @@ class DistillWorkflow(_Workflow):
         if not self.checkpoint_path.is_file():
             logger.info("resume: no checkpoint in %s, starting from iteration 0", self.output_dir)
             return _Progress()
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise RunError(
+                f"--resume: checkpoint '{self.checkpoint_path}' cannot be read ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]}); it is truncated or corrupt. Delete it to start from iteration 0, "
+                "or run without --resume into another --output_dir."
+            ) from e
+        needed = {"config_hash", "distiller", "progress", "rng"}
+        if not isinstance(state, dict) or not needed <= set(state):
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise RunError(
+                f"--resume: '{self.checkpoint_path}' is not a checkpoint of this workflow (expected the keys "
+                f"{sorted(needed)}, found {found}); delete it or use another --output_dir."
+            )
         if state.get("config_hash") != _config_hash(config):
             raise ValueError(
                 f"{self.checkpoint_path} was written by a run with another configuration (method, dataset, ipc, "
@@ -452,9 +591,16 @@ class BuffersWorkflow(DistillWorkflow):
     ``output_dir/buffers.json`` (directory, settings, experts trained by this run, seconds).
     """
 
-    def run(self) -> dict[str, Any]:
+    FINAL_ARTEFACTS = ("buffers.json",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if not getattr(self.method_cls, "uses_buffers", False):
-            raise ValueError(f"method '{self.method}' does not use expert buffers; use mtt, ftd, datm, ptm or hoptm.")
+            raise OptionError(
+                f"--method '{self.method}' does not use expert buffers; use mtt, ftd, datm, ptm or hoptm."
+            )
+
+    def _run(self) -> dict[str, Any]:
         check_output_dir(self.output_dir)
         seed_everything(self.seed)
         distiller, train, preset, _ = self.distiller()
@@ -491,6 +637,9 @@ class EvaluateWorkflow(_Workflow):
         dataset: dataset flag/path; default the one recorded in the set.
         dataset_dir: directory of the dataset files.
         size: image size; default the one recorded in the set.
+        select_on_val: with ``synthetic=full``, test each network at the epoch that scores best on the val split
+            (balanced accuracy), as MedMNIST's baselines select their models; synthetic sets use the last epoch
+            (the distillation protocol).
         common: ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``, ``preset_overrides``,
             ``progress`` (see :class:`_Workflow`).
     """
@@ -502,17 +651,42 @@ class EvaluateWorkflow(_Workflow):
         arch: str | None = None,
         dataset: str | None = None,
         size: int | None = None,
+        select_on_val: bool = True,
         **common: Any,
     ) -> None:
         super().__init__(output_dir, dataset=dataset, size=size, **common)
-        self.synthetic = str(synthetic)
-        self.arch = str(arch).lower() if arch else None
+        self.select_on_val = option_bool(select_on_val, "select_on_val")
+        self.synthetic = str(option_str(synthetic, "synthetic"))
+        arch_name = option_str(arch, "arch", allow_none=True)
+        self.arch = str(arch_name).lower() if arch_name else None
         if self.arch:
             NETWORKS.get(self.arch)
-        get_preset(self.preset_name)
+        if self.synthetic.lower() == "full":
+            if self.dataset is None:
+                raise OptionError("--synthetic full trains on the real train split, which needs --dataset.")
+        else:
+            option_file(self.synthetic, "synthetic")
+        self._check_dataset()
+
+    FINAL_ARTEFACTS: tuple[str, ...] = ("metrics.json",)
+
+    def _full_val(self) -> RealDataset | None:
+        """The val split that picks each full-data network's epoch (``select_on_val``), if the dataset has one."""
+        if not self.select_on_val:
+            return None
+        try:
+            return self._load("val")
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            logger.warning("no val split to select the full-data networks' epoch on (%s); using the last epoch.", e)
+            return None
 
     def run(self) -> dict[str, Any]:
-        """Evaluate and write ``metrics.json``; return the metrics."""
+        """Evaluate and write ``metrics.json``; return the metrics (``output_dir`` is locked meanwhile and
+        ``status.json`` records the run, see :func:`~monai_distill.runs.guarded_run`)."""
+        with guarded_run(self.output_dir, self.FINAL_ARTEFACTS, extra={"workflow": type(self).__name__}):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         check_output_dir(self.output_dir)
         full = self.synthetic.lower() == "full"
         syn = None if full else SyntheticSet.load(self.synthetic)
@@ -523,10 +697,17 @@ class EvaluateWorkflow(_Workflow):
             raise ValueError("the dataset is not recorded in the synthetic set; pass --dataset.")
         arch = self.arch or (syn.meta.get("arch") if syn is not None else None) or "convnet"
         test = self._load("test")
+        self._check_split(test)
+        if syn is not None:  # before any network is trained: the set must fit the data it is tested on
+            where = f"the test split of '{test.source or test.name}'"
+            check_num_classes(syn.num_classes, test.num_classes, f"synthetic set '{self.synthetic}'", where)
+            check_same_images(syn.images.shape[1:], test.images.shape[1:], f"synthetic set '{self.synthetic}'", where)
         preset = self._preset(test.spatial_dims)
+        self._check_network(arch, "arch", test, preset)
         reset_peak_memory(self.device)
         if full:
             train = self._load("train")
+            self._check_split(train)
             result = evaluate_models(
                 train.images,
                 train.labels,
@@ -537,6 +718,8 @@ class EvaluateWorkflow(_Workflow):
                 self.device,
                 epochs=self.eval_epochs or preset.eval_epochs_full,
                 progress=self.progress,
+                target_prior=class_prior(train.labels, train.num_classes),
+                val=self._full_val(),
             )
             method, ipc, n = "full", None, len(train)
         else:
@@ -548,6 +731,7 @@ class EvaluateWorkflow(_Workflow):
                 self.seed,
                 self.device,
                 progress=self.progress,
+                target_prior=_train_prior(syn),
             )
             method, ipc, n = syn.meta.get("method"), syn.ipc, len(syn)
         metrics = {

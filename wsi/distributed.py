@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TypeVar
 
 import torch.distributed as dist
+
+from monai_distill.runs import refuse_multiprocess_without_config
 
 __all__ = ["barrier", "dist_context", "shard"]
 
@@ -17,17 +18,12 @@ def dist_context() -> tuple[int, int]:
     """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one.
 
     Raises:
-        RuntimeError: ``torchrun`` started several processes but nobody initialised ``torch.distributed``; each
-            process would otherwise tile every slide.
+        MultiProcessError: ``torchrun`` started several processes but nobody initialised ``torch.distributed``;
+            each process would otherwise tile every slide (a ``RuntimeError``).
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise RuntimeError(
-            f"WORLD_SIZE={world} but torch.distributed is not initialised: under torchrun add "
-            "configs/multi_gpu_train.json to --config_file (it calls init_process_group)."
-        )
+    refuse_multiprocess_without_config("this workflow")
     return 0, 1
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .reader import SLIDE_SUFFIXES
 
-__all__ = ["CSV_OPTIONAL_COLUMNS", "CSV_REQUIRED_COLUMNS", "SlideRecord", "list_slides"]
+__all__ = ["CSV_OPTIONAL_COLUMNS", "CSV_REQUIRED_COLUMNS", "SlideRecord", "check_slide_files", "list_slides"]
 
 CSV_REQUIRED_COLUMNS = ("slide_path", "label")
 CSV_OPTIONAL_COLUMNS = ("split", "slide_id")
@@ -108,3 +108,22 @@ def list_slides(slides: str | os.PathLike | list[SlideRecord]) -> list[SlideReco
             )
         seen[r.slide_id] = r.path
     return records
+
+
+def check_slide_files(records: list[SlideRecord], slides: str | os.PathLike | list[SlideRecord], option: str = "slides"
+                      ) -> None:
+    """Fail when no slide file of the list exists (a wrong folder, or CSV paths relative to another place).
+
+    One missing slide among others is not an error here: it fails alone and is recorded in the manifest.
+
+    Raises:
+        FileNotFoundError: none of ``records`` exists; the message names the list and the first path looked for.
+    """
+    if not records or any(r.path.is_file() for r in records):
+        return
+    source = "the given list" if isinstance(slides, list) else f"'{slides}'"
+    hint = (" (relative slide_path values are relative to the CSV's folder)"
+            if not isinstance(slides, list) and Path(slides).suffix.lower() == ".csv" else "")
+    raise FileNotFoundError(
+        f"--{option} {source}: none of its {len(records)} slide file(s) exists, e.g. '{records[0].path}'{hint}."
+    )

@@ -9,17 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from monai_distill.utils import atomic_write_json, check_output_dir, to_bool
+from monai_distill.checks import OptionError, option_bool, option_choice, option_dict, option_float, option_int
+from monai_distill.progress import progress_bar
+from monai_distill.runs import FAILED_DIR, RunError, guarded_run, refuse_multiprocess_without_config
+from monai_distill.utils import atomic_write_json, check_output_dir
 
 from . import manifest as mf
 from .distributed import barrier, dist_context, shard
-from .slides import SlideRecord, list_slides
+from .grid import PatchGrid
+from .reader import BACKENDS
+from .slides import SlideRecord, check_slide_files, list_slides
 from .thumbnail import save_thumbnail
 from .tiling import NoTissueError, TilingConfig, tile_slide
+from .tissue import TissueMaskConfig
 
-__all__ = ["TilingWorkflow", "coords_path", "thumbnail_path"]
+__all__ = ["TilingError", "TilingWorkflow", "coords_path", "thumbnail_path", "tiling_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,56 @@ def coords_path(output_dir: str | os.PathLike, slide_id: str) -> Path:
 def thumbnail_path(output_dir: str | os.PathLike, slide_id: str) -> Path:
     """Where the thumbnail PNG of ``slide_id`` is written."""
     return Path(output_dir) / "thumbnails" / f"{slide_id}.png"
+
+
+def tiling_config(
+    patch_size: Any = 256,
+    level: Any = None,
+    mpp: Any = None,
+    stride: Any = None,
+    tissue_threshold: Any = 0.5,
+    backend: Any = "openslide",
+    mask_downsample: Any = 32.0,
+    mask_options: Any = None,
+    mpp_rtol: Any = 0.1,
+    thumbnail_size: Any = 1024,
+) -> TilingConfig:
+    """The :class:`~wsi.tiling.TilingConfig` of bundle options, every one checked first.
+
+    Raises:
+        OptionError: an option of the wrong type or out of range (``--patch_size 0``, ``--backend bogus``,
+            ``--tissue_threshold 2``, both ``--level`` and ``--mpp``, an unknown ``--mask_options`` key); the message
+            names the option, what it expects and what it got.
+    """
+    level_ = option_int(level, "level", minimum=0, allow_none=True)
+    mpp_ = option_float(mpp, "mpp", minimum=0, min_inclusive=False, allow_none=True)
+    if level_ is not None and mpp_ is not None:
+        raise OptionError(f"--level and --mpp: give one of them (a pyramid level or microns per pixel), found "
+                          f"level {level_} and mpp {mpp_:g}.")
+    mask = option_dict(mask_options, "mask_options")
+    try:
+        mask_config = TissueMaskConfig.from_any(mask)
+    except (KeyError, TypeError, ValueError) as e:
+        raise OptionError(f"--mask_options: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+    return TilingConfig(
+        patch_size=option_int(patch_size, "patch_size", minimum=1),  # type: ignore[arg-type]
+        level=level_,
+        mpp=mpp_,
+        stride=option_int(stride, "stride", minimum=1, allow_none=True),
+        tissue_threshold=option_float(tissue_threshold, "tissue_threshold", 0.0, 1.0),  # type: ignore[arg-type]
+        backend=option_choice(backend, "backend", BACKENDS),  # type: ignore[arg-type]
+        mask_downsample=option_float(mask_downsample, "mask_downsample", minimum=1.0),  # type: ignore[arg-type]
+        mask=mask_config,
+        mpp_rtol=option_float(mpp_rtol, "mpp_rtol", minimum=0.0),  # type: ignore[arg-type]
+        thumbnail_size=option_int(thumbnail_size, "thumbnail_size", minimum=16),  # type: ignore[arg-type]
+    )
+
+
+FINAL_ARTEFACTS = ("manifest.csv", "tiling_config.json")
+
+
+class TilingError(RunError):
+    """No slide of a cohort could be tiled."""
 
 
 def _one_line(e: BaseException) -> str:
@@ -51,8 +106,10 @@ class TilingWorkflow:
 
     Every file is written atomically. A rerun skips slides already finished with the same parameters (``done`` or
     ``no_tissue``; ``failed`` ones are retried unless ``retry_failed`` is false). A slide that cannot be read is
-    recorded as ``failed`` with the reason, and the others go on. With an initialised ``torch.distributed`` group the
-    slide list is sharded by rank and rank 0 writes the manifest after all ranks finish.
+    recorded as ``failed`` with the reason, and the others go on; options are checked when the workflow is built, and
+    a run in which every slide failed (the same error for all: a level no slide has, a wrong folder) fails as a whole
+    (:class:`TilingError`). With an initialised ``torch.distributed`` group the slide list is sharded by rank and
+    rank 0 writes the manifest after all ranks finish; ``WORLD_SIZE`` > 1 without one is refused.
 
     Args:
         slides: directory of slides or CSV ``slide_path,label[,split][,slide_id]``.
@@ -88,22 +145,16 @@ class TilingWorkflow:
         retry_failed: bool = True,
         progress: bool = True,
     ) -> None:
+        # Every option is checked here, before any slide is read: a bad value fails the run, not each slide.
         self.slides = slides
         self.output_dir = Path(output_dir)
-        self.config = TilingConfig(
-            patch_size=int(patch_size),
-            level=None if level is None else int(level),
-            mpp=None if mpp is None else float(mpp),
-            stride=None if stride is None else int(stride),
-            tissue_threshold=float(tissue_threshold),
-            backend=str(backend),
-            mask_downsample=float(mask_downsample),
-            mask=mask_options or {},  # type: ignore[arg-type]
-            mpp_rtol=float(mpp_rtol),
-            thumbnail_size=int(thumbnail_size),
+        self.config = tiling_config(
+            patch_size=patch_size, level=level, mpp=mpp, stride=stride, tissue_threshold=tissue_threshold,
+            backend=backend, mask_downsample=mask_downsample, mask_options=mask_options, mpp_rtol=mpp_rtol,
+            thumbnail_size=thumbnail_size,
         )
-        self.retry_failed = to_bool(retry_failed)
-        self.progress = to_bool(progress)
+        self.retry_failed = option_bool(retry_failed, "retry_failed")
+        self.progress = option_bool(progress, "progress")
 
     # ------------------------------------------------------------------ one slide
     def is_finished(self, record: SlideRecord) -> bool:
@@ -111,8 +162,12 @@ class TilingWorkflow:
         st = mf.read_status(self.output_dir, record.slide_id)
         if st is None or st.get("fingerprint") != self.config.fingerprint() or st.get("path") != str(record.path):
             return False
-        if st.get("status") == mf.DONE:
-            return coords_path(self.output_dir, record.slide_id).is_file()
+        if st.get("status") == mf.DONE:  # a damaged grid file (a killed copy, a full disk) is tiled again
+            try:
+                PatchGrid.load(coords_path(self.output_dir, record.slide_id))
+            except (OSError, ValueError, KeyError, TypeError):
+                return False
+            return True
         if st.get("status") == mf.NO_TISSUE:
             return True
         return st.get("status") == mf.FAILED and not self.retry_failed
@@ -149,9 +204,20 @@ class TilingWorkflow:
 
     # ------------------------------------------------------------------ cohort
     def run(self) -> pd.DataFrame:
-        """Tile this rank's share of the slides; rank 0 returns the merged manifest, other ranks their own rows."""
+        """Tile this rank's share of the slides; rank 0 returns the merged manifest, other ranks their own rows.
+
+        The output directory is locked for the run and gets a ``status.json`` (``running``, ``finished`` or
+        ``failed``; see :func:`monai_distill.runs.guarded_run`); a failed run's ``manifest.csv`` is moved to
+        ``failed/``.
+        """
+        refuse_multiprocess_without_config("wsi_tiling")
+        with guarded_run(self.output_dir, FINAL_ARTEFACTS, {"workflow": "wsi_tiling"}):
+            return self._run()
+
+    def _run(self) -> pd.DataFrame:
         rank, world = dist_context()
         records = list_slides(self.slides)
+        check_slide_files(records, self.slides)
         check_output_dir(self.output_dir)
         fingerprint = self.config.fingerprint()
         if rank == 0:
@@ -168,8 +234,8 @@ class TilingWorkflow:
             rank, world, len(mine), len(mine) - len(todo), len(todo), self.output_dir,
         )
         rows = []
-        bar = tqdm(todo, desc=f"tiling (rank {rank})" if world > 1 else "tiling", unit="slide",
-                   disable=None if self.progress else True, position=rank)
+        bar = progress_bar(todo, desc=f"tiling (rank {rank})" if world > 1 else "tiling", unit="slide",
+                           enabled=self.progress, position=rank)
         for record in bar:
             row = self.process(record)
             mf.write_status(self.output_dir, row, fingerprint)
@@ -181,4 +247,11 @@ class TilingWorkflow:
         table = mf.write_manifest(self.output_dir, records)
         counts = table["status"].value_counts().to_dict()
         logger.info("manifest %s: %s", self.output_dir / "manifest.csv", counts)
+        failed = table[table["status"] == mf.FAILED]
+        if len(failed) == len(table):  # the same error on every slide is a configuration error: fail the run
+            first = failed.iloc[0]
+            raise TilingError(
+                f"all {len(table)} slide(s) failed to tile, e.g. '{first['slide_id']}': {first['error']} (one row "
+                f"per slide in {self.output_dir / FAILED_DIR / 'manifest.csv'})"
+            )
         return table

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_class_labels
 from .dataset import DataError, RealDataset, images_to_tensor
 from .medmnist import SPLITS, _labels_to_tensor, load_npz_arrays, load_npz_labels, normalise_split
 
@@ -46,16 +47,10 @@ def _num_classes(path: Path, num_classes: int | None, class_names: list[str] | N
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if class_names is not None and len(class_names) != int(num_classes):
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}; they must agree.")
-        return int(num_classes)
-    if class_names is not None:
-        return len(class_names)
-    # Every split present, not only the one loaded, so that train/val/test of one file agree on the class count.
-    labels = load_npz_labels(path)
-    finite = [v[np.isfinite(v)] for v in labels.values() if np.issubdtype(v.dtype, np.number)]
-    highest = [int(np.max(v)) for v in finite if v.size]
-    if not highest:
-        raise DataError(f"'{path}': no labels to infer the number of classes from; pass num_classes.")
-    return max(highest) + 1
+    k = int(num_classes) if num_classes is not None else (len(class_names) if class_names is not None else None)
+    # Every split present, not only the one loaded: the train split defines the classes, and a label of another
+    # split outside them (a typo such as 7 in a binary test split) names that split instead of inventing classes.
+    return check_class_labels(load_npz_labels(path), str(path), num_classes=k, key="{split} labels ({split}_labels)")
 
 
 def load_arrays(
@@ -76,7 +71,8 @@ def load_arrays(
         split: ``train``, ``val`` or ``test``.
         name: dataset name recorded in metadata; default: the file stem.
         class_names: one name per class; default ``["0", "1", ...]``.
-        num_classes: default: ``len(class_names)``, else the largest label found in any split + 1.
+        num_classes: default: ``len(class_names)``, else the train split's largest label + 1 (every class up to it
+            must occur in the train split, and the other splits' labels must lie among these classes).
         spatial_dims: 2 or 3; default: inferred (see :func:`infer_spatial_dims`). Needed for channel-first
             (N, C, H, W) 2D arrays.
 

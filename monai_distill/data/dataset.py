@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..checks import DataError, check_finite
+
 __all__ = ["DataError", "RealDataset", "images_to_tensor", "normalise", "split_stats"]
-
-
-class DataError(ValueError):
-    """A dataset file or array that cannot be used; the message names the file/key and what was expected."""
 
 
 @dataclass
@@ -122,6 +120,8 @@ def images_to_tensor(images: np.ndarray, spatial_dims: int, name: str = "images"
     t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dtype == torch.uint8:
         return t.float().div_(255.0)
+    if t.is_floating_point():
+        check_finite(t, name)
     return t.float()
 
 

@@ -74,6 +74,12 @@ class SyntheticSet:
             raise DataError(f"{source}: 'images' must be a tensor (N, C, H, W) or (N, C, D, H, W), got {shape}.")
         if not self.images.is_floating_point():
             raise DataError(f"{source}: 'images' must be floating point, got {self.images.dtype}.")
+        n_bad = int((~torch.isfinite(self.images.detach())).sum())
+        if n_bad:
+            raise DataError(
+                f"{source}: {n_bad} of {self.images.numel()} image values are NaN or infinite; the set is corrupt "
+                "(a diverged distillation or non-finite input data) and cannot be used."
+            )
         if not isinstance(self.labels, torch.Tensor) or self.labels.ndim not in (1, 2):
             raise DataError(f"{source}: 'labels' must be a tensor (N,) of class indices or (N, K) soft labels.")
         if self.labels.shape[0] != self.images.shape[0]:
@@ -85,6 +91,8 @@ class SyntheticSet:
         if self.labels.ndim == 2 and not self.labels.is_floating_point():
             raise DataError(f"{source}: soft 'labels' (N, K) must be floating point, got {self.labels.dtype}.")
         if self.labels.ndim == 2 and self.labels.numel():
+            if not bool(torch.isfinite(self.labels.detach()).all()):
+                raise DataError(f"{source}: soft labels contain NaN or infinite values.")
             rows = self.labels.detach().float().sum(dim=1)
             if bool((self.labels < 0).any()) or not torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
                 raise DataError(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..checks import check_class_labels
 from .dataset import DataError, RealDataset, normalise, split_stats
 from .medmnist import SPLITS
 
@@ -188,6 +189,14 @@ def _load_rows(rows: list[VolumeRow], spatial_size: tuple[int, ...], csv_path: P
                     f"'{csv_path}': row {r.row}: cannot read '{r.path}' as an image volume "
                     f"({type(cause).__name__}: {str(cause)[:300]})."
                 ) from e
+            n_bad = int((~torch.isfinite(vol)).sum())
+            if n_bad:
+                # One NaN voxel turns the percentile scaling of the whole volume into NaN (and a distilled set with
+                # it): the volume is rejected, as the .npz loader rejects non-finite images.
+                raise DataError(
+                    f"'{csv_path}': row {r.row}: '{r.path}' contains NaN or infinite voxel values ({n_bad} of "
+                    f"{vol.numel()} after preprocessing); fix the volume or remove its row."
+                )
             if cache:
                 _cache_put(key, vol)
         if volumes and vol.shape[0] != volumes[0].shape[0]:
@@ -226,15 +235,16 @@ def load_volume_csv(
         split: ``train``, ``val`` or ``test``.
         spatial_size: output size (D, H, W) of every volume.
         root: directory that relative paths resolve against; default: the CSV's directory.
-        class_names: one name per class; default ``["0", "1", ...]`` up to the largest label in the CSV.
+        class_names: one name per class; default ``["0", "1", ...]`` up to the largest train label (every class up
+            to it must have train rows, and val/test labels must lie among them).
         cache: keep preprocessed volumes in memory (keyed by file, modification time and size), so that loading
             several splits or reloading reads each file once.
 
     Raises:
         FileNotFoundError: the CSV, or a file listed for this split or the train split, does not exist.
         DataError: missing columns (the message names those found), non-integer labels, unknown split names, a
-            file that cannot be read as a 3D volume (names row and path), no rows for the split, labels outside
-            ``class_names``.
+            file that cannot be read as a 3D volume or holds NaN/infinite voxels (names row and path), no rows for
+            the split, labels outside ``class_names`` or the train rows' classes.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got '{split}'.")
@@ -254,11 +264,25 @@ def load_volume_csv(
         raise DataError(f"'{csv_path}' has no rows with split '{split}'.")
     if not train_rows:
         raise DataError(f"'{csv_path}' has no train rows, which are needed for the normalisation mean/std.")
-    k = len(class_names) if class_names is not None else max(r.label for r in rows) + 1
-    outside = [r for r in rows if r.label >= k]
-    if outside:
-        listed = ", ".join(f"row {r.row}: {r.label}" for r in outside[:10])
-        raise DataError(f"'{csv_path}': labels must lie in [0, {k - 1}] for the {k} class_names given; found {listed}.")
+    if class_names is not None:
+        k = len(class_names)
+        outside = [r for r in rows if r.label >= k]
+        if outside:
+            listed = ", ".join(f"row {r.row}: {r.label}" for r in outside[:10])
+            raise DataError(
+                f"'{csv_path}': labels must lie in [0, {k - 1}] for the {k} class_names given; found {listed}."
+            )
+    else:
+        # The train rows define the classes; a label of a val/test row outside them is a typo, named with its rows.
+        by_split = {s: [r.label for r in rows if r.split == s] for s in SPLITS if any(r.split == s for r in rows)}
+        try:
+            k = check_class_labels(by_split, str(csv_path), key="{split} labels")
+        except DataError as e:
+            train_k = max(by_split.get("train") or [0]) + 1
+            bad = [r for r in rows if r.split != "train" and r.label >= train_k]
+            listed = ", ".join(f"row {r.row}: {r.split} label {r.label}" for r in bad[:10])
+            rows_text = f" ({listed})" if bad else ""
+            raise DataError(f"{str(e).rstrip('.')}{rows_text}.") from None
     x = _load_rows(chosen, size, csv_path, cache)
     train_x = x if split == "train" else _load_rows(train_rows, size, csv_path, cache)
     mean, std = split_stats(train_x)

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..augment import AugSample, DiffAugment
+from ..checks import option_bool, option_float, option_int
 from ..data import SyntheticSet
-from ..utils import to_bool
 from .base import Distiller
 
 __all__ = ["ImageDistiller", "nearest_ipc"]
@@ -26,18 +26,20 @@ def nearest_ipc(table: dict[int, Any], ipc: int) -> Any:
 
 
 def _cast(value: Any, default: Any, key: str) -> Any:
-    """Bring a config/CLI value to the type of its default (JSON and ``--key value`` give strings or ints)."""
+    """Bring a config/CLI value to the type of its default (JSON and ``--key value`` give strings or ints).
+
+    ``1.7`` for an integer option or ``maybe`` for a boolean one is refused (an :class:`OptionError`, a
+    ``ValueError``), not truncated or guessed.
+    """
     if default is None or value is None:
         return value
-    try:
-        if isinstance(default, bool):
-            return to_bool(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"method option '{key}' must be a {type(default).__name__}, got {value!r}.") from e
+    name = f"method option '{key}'"
+    if isinstance(default, bool):
+        return option_bool(value, name)
+    if isinstance(default, int):
+        return option_int(value, name)
+    if isinstance(default, float):
+        return option_float(value, name)
     return value
 
 

@@ -117,7 +117,7 @@ def test_interrupted_run_resumes_to_the_same_patches(he_npz, tmp_path, monkeypat
               "preset_overrides": {"width": 8}, "checkpoint_every": 1, "progress": False}
     run(output_dir=str(tmp_path / "straight"), **common)
     monkeypatch.setenv(INTERRUPT_ENV, "2")
-    with pytest.raises(RuntimeError):  # the bundle runner wraps the workflow's InterruptedRun
+    with pytest.raises(SystemExit, match="interrupted after iteration 2"):  # cli_main's exit, as on the CLI
         run(output_dir=str(tmp_path / "resumed"), **common)
     assert not (tmp_path / "resumed" / "synthetic.pt").exists()
     monkeypatch.delenv(INTERRUPT_ENV)

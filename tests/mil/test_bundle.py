@@ -64,6 +64,8 @@ def test_contract_command(name: str, contract_runs: dict[str, Path], mil_cohort)
     assert set(preds.columns) >= {"slide_id", "label", "pred", "prob_0", "prob_1"}
     assert len(metrics["heatmaps"]) == 1 and (res / metrics["heatmaps"][0]).is_file()
     assert (res / "model.pt").is_file() and (res / "history.csv").is_file()
+    assert metrics["status"] == "finished" and json.loads((res / "status.json").read_text())["status"] == "finished"
+    assert not (res / "failed").exists() and not (res / ".run.lock").exists()
 
 
 def test_evaluate_reproduces_the_training_run(contract_runs: dict[str, Path], tmp_path: Path) -> None:
@@ -87,7 +89,7 @@ def test_cli_keys_reach_the_workflow(tmp_path: Path) -> None:
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "train.json"))
     parser.update(overrides)
-    wf = parser.get_parsed_content("workflow")
+    wf = parser.get_parsed_content("workflow")()  # "_mode_": "callable": the bundle builds it inside cli_main
     assert isinstance(wf, MILTrainWorkflow)
     assert (wf.model, wf.head_options, wf.encoder.name, wf.encoder.options) == ("transmil", {"dim": 64}, "convnet",
                                                                                  {"width": 8})
@@ -106,7 +108,7 @@ def test_multi_gpu_config_keeps_the_workflow() -> None:
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "multi_gpu_train.json")])
     assert "workflow" in parser.config and any("init_process_group" in s for s in parser["initialize"])
-    assert parser["run"] == ["$@workflow.run()"]
+    assert parser["run"] == ["$monai_distill.runs.cli_main(@workflow)"]
 
 
 def test_training_on_test_slides_is_refused(real_bags, mil_tiling: Path, tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ from PIL import Image
 from mil.bags import BagDirectory, BagError, load_bag
 from mil.real_bags import read_real_bag
 from mil.synthetic_bags import SyntheticBagsWorkflow, annotation_patch_labels, png_path, slide_seed
+from monai_distill.checks import OptionError
 from monai_distill.data import ClassBalancedSampler, RealDataset
+from monai_distill.runs import RunError
 from wsi.cohort import build_cohort, load_pools
 from wsi.grid import PatchGrid
 
@@ -138,20 +140,22 @@ def test_small_slides_cap_ipc_and_split_filter(bundle_run: Path, tmp_path: Path,
         assert len(bag) == min(20, row.n_patches) == row.n_synthetic
 
 
-def test_bad_input_is_named(tmp_path: Path, bundle_run: Path, shared_data: Path) -> None:
-    with pytest.raises(KeyError, match="histodd"):
+def test_bad_input_is_named(tmp_path: Path, bundle_run: Path, shared_data: Path, cohort) -> None:
+    with pytest.raises(OptionError, match=r"--method: unknown method 'nope'.*histodd"):
         SyntheticBagsWorkflow(bundle_run / "tiling", tmp_path, method="nope")
     with pytest.raises(FileNotFoundError, match="missing_dir"):
         SyntheticBagsWorkflow(tmp_path / "missing_dir", tmp_path / "o").run()
-    with pytest.raises(ValueError, match="ipc must be >= 1"):
+    with pytest.raises(OptionError, match="--ipc must be >= 1, got 0"):
         SyntheticBagsWorkflow(bundle_run / "tiling", tmp_path, ipc=0)
-    # A slide folder has no labels: the run stops with the reason before any distillation.
+    # A slide folder has no labels: the run stops with the reason before anything is tiled.
     with pytest.raises(BagError, match="has no label"):
         SyntheticBagsWorkflow(shared_data / "wsi", tmp_path / "unlabelled", method="random", progress=False,
                               tiling={"patch_size": 256}).run()
-    with pytest.raises(BagError, match="level 5 was requested"):
-        SyntheticBagsWorkflow(shared_data / "wsi", tmp_path / "untiled", method="random", progress=False,
-                              tiling={"patch_size": 256, "level": 5}).run()
+    assert not (tmp_path / "unlabelled" / "tiling").exists()
+    csv, _ = cohort  # a level no slide has fails the whole run, with the first slide's reason
+    with pytest.raises(RunError, match="level 5 was requested"):
+        SyntheticBagsWorkflow(csv, tmp_path / "untiled", method="random", progress=False,
+                              tiling={"patch_size": 32, "level": 5}).run()
 
 
 def test_annotation_masks_give_patch_labels(tmp_path: Path, bundle_run: Path, cohort) -> None:

@@ -40,7 +40,7 @@ def test_cli_keys_reach_the_workflow(tmp_path: Path) -> None:
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "train.json"))
     parser.update(overrides)
-    wf = parser.get_parsed_content("workflow")
+    wf = parser.get_parsed_content("workflow")()  # "_mode_": "callable": the bundle builds it inside cli_main
     assert isinstance(wf, TilingWorkflow)
     c = wf.config
     assert (c.patch_size, c.level, c.mpp, c.stride, c.tissue_threshold, c.backend, c.mask_downsample) == (
@@ -48,11 +48,11 @@ def test_cli_keys_reach_the_workflow(tmp_path: Path) -> None:
     assert c.mask.min_saturation == 0.1 and wf.retry_failed is False and wf.progress is False
     assert os.fspath(wf.slides) == "x.csv"
     parser.update({"mpp": None, "level": 1})
-    assert parser.get_parsed_content("workflow", lazy=False).config.level == 1
+    assert parser.get_parsed_content("workflow", lazy=False)().config.level == 1
 
 
 def test_multi_gpu_config_keeps_the_workflow() -> None:
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "multi_gpu_train.json")])
     assert "workflow" in parser.config and any("init_process_group" in s for s in parser["initialize"])
-    assert parser["run"] == ["$@workflow.run()"]
+    assert parser["run"] == ["$monai_distill.runs.cli_main(@workflow)"]

@@ -63,14 +63,24 @@ def test_rgb_channel_last_is_2d(tmp_path: Path, breast_arrays: dict) -> None:
     assert torch.equal(ds.images[:, 0], ds.images[:, 2])
 
 
-def test_num_classes_from_all_splits(tmp_path: Path, breast_arrays: dict) -> None:
-    # A class that only the test split holds still counts, so that train and test agree on num_classes.
+def test_classes_come_from_the_train_split(tmp_path: Path, breast_arrays: dict) -> None:
+    # A label that only the test split holds is a typo, not a class: it names the split and the value (issue 13).
     test_labels = breast_arrays["test_labels"].copy()
-    test_labels[0] = 2
-    path = _write(tmp_path / "three.npz", breast_arrays, test_labels=test_labels)
-    assert load_arrays(path).num_classes == 3
-    assert load_arrays(path, "test").num_classes == 3
-    assert load_arrays(path).task == "multi-class"
+    test_labels[0] = 7
+    path = _write(tmp_path / "typo.npz", breast_arrays, test_labels=test_labels)
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=r"test labels \(test_labels\) contain \[7\], but the train split has 2"):
+            load_arrays(path, split)
+    # uint8 labels of 255 (a "missing" marker) do not make 256 classes.
+    train_labels = breast_arrays["train_labels"].astype(np.uint8)
+    train_labels[3] = 255
+    with pytest.raises(DataError, match=r"255 in uint8 labels"):
+        load_arrays(_write(tmp_path / "u8.npz", breast_arrays, train_labels=train_labels))
+    three = {k: v.copy() for k, v in breast_arrays.items()}
+    for split in ("train", "val", "test"):
+        three[f"{split}_labels"][:5] = 2
+    assert load_arrays(_write(tmp_path / "three.npz", three), "test").num_classes == 3
+    assert load_arrays(tmp_path / "three.npz").task == "multi-class"
 
 
 def test_labels_out_of_range(tmp_path: Path, breast_arrays: dict) -> None:
