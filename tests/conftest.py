@@ -38,3 +38,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def log_lines():
+    """Messages logged under ``monai_distill`` during the test, whatever logging config an in-process bundle run
+    applied before (bundle logging.conf files set ``propagate=0``, so pytest's ``caplog`` would see nothing)."""
+    import logging
+
+    lines: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = _Collect(level=logging.INFO)
+    loggers = [logging.getLogger("monai_distill"), logging.getLogger("monai_distill.progress")]
+    saved = [(lg.level, lg.disabled) for lg in loggers]
+    for lg in loggers:
+        lg.disabled = False
+        lg.setLevel(logging.INFO)
+    loggers[0].addHandler(handler)
+    yield lines
+    loggers[0].removeHandler(handler)
+    for lg, (level, disabled) in zip(loggers, saved):
+        lg.setLevel(level)
+        lg.disabled = disabled

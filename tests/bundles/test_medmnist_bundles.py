@@ -43,8 +43,9 @@ def test_contract_2d(method, dataset, medmnist_dir, tmp_path):
     _check_outputs(out, method, dataset, 10, 2, (1, 28, 28))
 
 
-@pytest.mark.parametrize(("size", "method"), [(28, "random"), (28, "herding"), (28, "forgetting"), (64, "random"),
-                                              (64, "herding")])
+# 64³ runs random only: herding at 64³ spent 4 min training its embedding network on 1188 volumes (the suite's
+# longest test); herding's code path is the same at 28³, and 64³ loading, DSA and evaluation are covered by random.
+@pytest.mark.parametrize(("size", "method"), [(28, "random"), (28, "herding"), (28, "forgetting"), (64, "random")])
 def test_contract_3d(size, method, medmnist_dir, tmp_path):
     out = tmp_path / "out"
     fast = dict(FAST)

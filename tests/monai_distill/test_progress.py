@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import subprocess
 import sys
@@ -12,46 +11,38 @@ from monai_distill.progress import LogProgress, progress_bar
 from ..bundles.helpers import FAST, REPO_ROOT, bundle_cmd
 
 
-def _lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "monai_distill.progress"]
-
-
-def test_log_progress_every_tenth_and_at_the_end(caplog):
-    with caplog.at_level(logging.INFO, logger="monai_distill.progress"):
-        bar = LogProgress(total=100, desc="experts", unit="epoch", every=3600)
-        for i in range(100):
-            bar.update(1)
-            bar.set_postfix(loss=1.0 / (i + 1))
-        bar.close()
-    lines = _lines(caplog)
+def test_log_progress_every_tenth_and_at_the_end(log_lines):
+    bar = LogProgress(total=100, desc="experts", unit="epoch", every=3600)
+    for i in range(100):
+        bar.update(1)
+        bar.set_postfix(loss=1.0 / (i + 1))
+    bar.close()
+    lines = log_lines
     # the start, then one line per 10 % (the postfix is set after each update)
     assert 10 <= len(lines) <= 12, lines
     assert lines[-1].startswith("experts: 100/100 epoch (100%)")
     assert "ETA" in lines[5] and "loss=" in lines[5]
 
 
-def test_time_cadence_without_a_total(caplog):
-    with caplog.at_level(logging.INFO, logger="monai_distill.progress"):
-        bar = LogProgress(desc="bags", every=0)  # no total: the start, then every update at a zero interval
-        for _ in range(3):
-            bar.update(1)
-        bar.close()
-    assert [line.split(",")[0] for line in _lines(caplog)] == ["bags: 0", "bags: 1", "bags: 2", "bags: 3"]
+def test_time_cadence_without_a_total(log_lines):
+    bar = LogProgress(desc="bags", every=0)  # no total: the start, then every update at a zero interval
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    assert [line.split(",")[0] for line in log_lines] == ["bags: 0", "bags: 1", "bags: 2", "bags: 3"]
 
 
-def test_disabled_bar_is_silent(caplog):
-    with caplog.at_level(logging.INFO, logger="monai_distill.progress"):
-        for _ in progress_bar(range(5), desc="quiet", enabled=False):
-            pass
-    assert not _lines(caplog)
+def test_disabled_bar_is_silent(log_lines):
+    for _ in progress_bar(range(5), desc="quiet", enabled=False):
+        pass
+    assert not log_lines
 
 
-def test_off_a_terminal_progress_bar_logs(caplog):
+def test_off_a_terminal_progress_bar_logs(log_lines):
     # pytest captures stderr, so stderr is not a terminal here
-    with caplog.at_level(logging.INFO, logger="monai_distill.progress"):
-        for _ in progress_bar(range(4), desc="slides"):
-            pass
-    assert _lines(caplog)[-1].startswith("slides: 4/4 (100%)")
+    for _ in progress_bar(range(4), desc="slides"):
+        pass
+    assert log_lines[-1].startswith("slides: 4/4 (100%)")
 
 
 def test_bundle_with_stderr_to_a_file_logs_every_long_step(medmnist_dir, tmp_path):

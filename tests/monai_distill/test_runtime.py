@@ -65,12 +65,11 @@ def test_bad_environment_names_the_variable(machine, monkeypatch):
         choose_num_threads(None)
 
 
-def test_configure_sets_torch_and_logs(machine, caplog):
+def test_configure_sets_torch_and_logs(machine, log_lines):
     before = torch.get_num_threads()
     try:
-        with caplog.at_level("INFO", logger="monai_distill"):
-            assert configure_threads(1) == 1
+        assert configure_threads(1) == 1
         assert torch.get_num_threads() == 1
-        assert "torch threads: 1 (num_threads)" in caplog.text
+        assert "torch threads: 1 (num_threads)" in log_lines
     finally:
         torch.set_num_threads(before)

@@ -1,0 +1,72 @@
+"""Settings chosen on the val split: a tiny search on BreastMNIST writes the winner and its record, never the test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monai_distill.data import medmnist as medmnist_module
+from monai_distill.presets import method_settings
+from monai_distill.tune import SEARCH_SPACES, TuneWorkflow, candidate_grid
+
+TINY = {"eval_models": 1, "eval_epochs": 2, "preset_overrides": {"width": 8}, "progress": False, "device": "cpu"}
+
+
+def test_candidate_grid_starts_with_the_current_settings():
+    grid = candidate_grid({"a": [1, 2], "b": [3, 4, 5]}, seed=0)
+    assert grid[0] == {} and len(grid) == 7
+    assert sorted(map(str, grid[1:])) == sorted(map(str, [{"a": a, "b": b} for a in (1, 2) for b in (3, 4, 5)]))
+    assert grid == candidate_grid({"a": [1, 2], "b": [3, 4, 5]}, seed=0)  # seeded
+    assert candidate_grid({"a": [1, 2]}, seed=0, limit=2)[0] == {}
+
+
+def test_every_method_with_settings_has_a_grid():
+    assert {"mtt", "ftd", "datm", "ptm", "hoptm", "dc", "dsa", "dm", "histodd"} <= set(SEARCH_SPACES)
+    assert {"lr_lr", "ce_weight", "beta2"} <= set(SEARCH_SPACES["ptm"])  # the paper's forms are candidates
+    assert {"label_epoch", "loss_threshold"} <= set(SEARCH_SPACES["datm"])
+
+
+def test_tune_on_val_writes_settings_and_record_and_never_opens_test(medmnist_dir, tmp_path, monkeypatch, one_thread):
+    opened: list[str] = []
+    real_loader = medmnist_module.load_npz_arrays
+
+    def loader(path, split):
+        opened.append(split)
+        if split == "test":
+            raise AssertionError("the tuner opened the test split")
+        return real_loader(path, split)
+
+    monkeypatch.setattr(medmnist_module, "load_npz_arrays", loader)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    out = tmp_path / "tune"
+    result = TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(out), method="dm",
+                          ipc=2, budget_minutes=10, max_trials=3, search_space={"lr_img": [0.1, 10.0]},
+                          method_options={"iterations": 3}, config_dir=str(configs), **TINY).run()
+    assert "test" not in opened and {"train", "val"} <= set(opened)
+    assert len(result["trials"]) == 3 and result["trials"][0]["override"] == {}
+    assert result["selected_on"] == "val"
+    best = result["best"]
+    assert best["val_balanced_acc"] == max(t["val_balanced_acc"] for t in result["trials"])
+    record = json.loads((out / "search.json").read_text())
+    assert [t["trial"] for t in record] == [0, 1, 2]
+    assert (out / "tune.json").is_file() and json.loads((out / "status.json").read_text())["status"] == "finished"
+    cfg = json.loads((configs / "breastmnist.json").read_text())
+    tuned = cfg["presets"]["quick"]["tuned"]["dm"]["ipc2"]
+    assert tuned["selected_on"] == "val" and tuned["override"] == best["override"]
+    assert tuned["val_balanced_acc"] == best["val_balanced_acc"] and tuned["n_trials"] == 3
+    # the written settings are what the bundles now read for (breastmnist, dm, ipc 2)
+    monkeypatch.setattr("monai_distill.presets.CONFIG_DIR", configs)
+    assert method_settings("breastmnist", "dm", 2, "quick").get("lr_img") == best["override"].get("lr_img")
+    # a second run resumes from the record instead of distilling again
+    again = TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(out), method="dm",
+                         ipc=2, budget_minutes=10, max_trials=3, search_space={"lr_img": [0.1, 10.0]},
+                         method_options={"iterations": 3}, config_dir=str(configs), **TINY).run()
+    assert [t["seconds"] for t in again["trials"]] == [t["seconds"] for t in record]
+
+
+def test_bad_search_space_is_named(medmnist_dir, tmp_path):
+    with pytest.raises(ValueError, match="search_space"):
+        TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path), method="dm",
+                     search_space={"lr_img": []}, **TINY)
