@@ -14,6 +14,7 @@ the initial lr, the reference MTT's setting); DATM's ``label_epoch`` and ``loss_
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -27,9 +28,9 @@ from typing import Any
 import torch
 
 from .checks import OptionError, option_dict, option_float, option_int
-from .data import SyntheticSet, load_dataset
+from .data import RealDataset, SyntheticSet
 from .evaluation import evaluate_synthetic
-from .presets import CONFIG_DIR, config_path, deep_merge, get_preset
+from .presets import CONFIG_DIR, config_path, deep_merge
 from .runs import guarded_run
 from .utils import atomic_write_json, check_output_dir
 from .workflows import DistillWorkflow
@@ -123,6 +124,10 @@ class TuneWorkflow:
     def method(self) -> str:
         return self.base.method
 
+    @functools.cache  # noqa: B019 - one workflow, one val split: read it once for every trial
+    def _val(self) -> RealDataset:
+        return self.base._load("val")
+
     def _trial(self, index: int, override: dict[str, Any]) -> dict[str, Any]:
         """Distil with ``override`` (no evaluation, so no test split), then score the set on the val split."""
         out = self.output_dir / "trials" / f"{index:03d}"
@@ -132,12 +137,8 @@ class TuneWorkflow:
         start = time.perf_counter()
         metrics = wf.run() if not (out / "metrics.json").is_file() else json.loads((out / "metrics.json").read_text())
         syn = SyntheticSet.load(out / "synthetic.pt")
-        val = load_dataset(self.base.dataset, split="val", dataset_dir=self.base.dataset_dir,
-                           size=self.base.size or 28)
-        preset = get_preset(self.base.preset_name, val.spatial_dims,
-                            **{**self.base.preset_overrides, "eval_models": self.base.eval_models,
-                               "eval_epochs": self.base.eval_epochs})
-        result = evaluate_synthetic(syn, val, self.base.eval_arch, preset, self.base.seed,
+        val = self._val()
+        result = evaluate_synthetic(syn, val, self.base.eval_arch, self.base._preset(val.spatial_dims), self.base.seed,
                                     self.base.device, progress=self.base.progress)
         s = result.summary
         return {"trial": index, "override": {k: _jsonable(v) for k, v in override.items()},
