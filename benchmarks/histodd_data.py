@@ -81,11 +81,16 @@ def cut_patches(
     stride: int | None = None,
     min_tissue: float = 0.5,
     test_fraction: float = 0.25,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tile one reduced image into (train, test) patches with at least ``min_tissue`` tissue.
+    val_fraction: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Tile one reduced image into train, val and test patches with at least ``min_tissue`` tissue.
 
-    Rows of patches that end above ``1 - test_fraction`` of the height are train, rows that start below it test;
-    patches across the line are dropped, so no test patch shares a pixel with a train patch.
+    Horizontal bands, top to bottom: train, then ``val_fraction`` of the height (val), then the bottom
+    ``test_fraction`` (test). A patch belongs to the band it lies in whole; patches across a line are dropped, so no
+    two splits share a pixel.
+
+    Returns:
+        ``{"train": (N, p, p, 3), "val": ..., "test": ...}`` uint8 arrays (``val`` empty when ``val_fraction`` is 0).
     """
     from wsi.tissue import tissue_mask
 
@@ -94,17 +99,17 @@ def cut_patches(
         image = np.asarray(Image.fromarray(image).resize((w // downsample, h // downsample), Image.BOX))
     mask = tissue_mask(image)
     h, w = image.shape[:2]
-    cut = round(h * (1.0 - test_fraction))
-    train, test = [], []
+    test_cut = round(h * (1.0 - test_fraction))
+    val_cut = round(h * (1.0 - test_fraction - val_fraction))
+    bands = {"train": (0, val_cut), "val": (val_cut, test_cut), "test": (test_cut, h)}
     step = stride or patch_size
-    for region in ("train", "test"):
-        y0, y1 = (0, cut) if region == "train" else (cut, h)
-        for y in range(y0, y1 - patch_size + 1, step):
-            for x in range(0, w - patch_size + 1, step):
-                if mask[y : y + patch_size, x : x + patch_size].mean() >= min_tissue:
-                    (train if region == "train" else test).append(image[y : y + patch_size, x : x + patch_size])
-    empty = np.zeros((0, patch_size, patch_size, 3), np.uint8)
-    return (np.stack(train) if train else empty), (np.stack(test) if test else empty)
+    out = {}
+    for split, (y0, y1) in bands.items():
+        patches = [image[y : y + patch_size, x : x + patch_size]
+                   for y in range(y0, y1 - patch_size + 1, step) for x in range(0, w - patch_size + 1, step)
+                   if mask[y : y + patch_size, x : x + patch_size].mean() >= min_tissue]
+        out[split] = np.stack(patches) if patches else np.zeros((0, patch_size, patch_size, 3), np.uint8)
+    return out
 
 
 def build_he_patch_npz(
@@ -117,6 +122,7 @@ def build_he_patch_npz(
     min_tissue: float = 0.5,
     test_fraction: float = 0.25,
     seed: int = 0,
+    val_fraction: float = 0.0,
 ) -> dict:
     """Write the patch task to ``out`` (a ``.npz``) and return a summary (counts per class and split).
 
@@ -130,17 +136,22 @@ def build_he_patch_npz(
         min_tissue: least tissue fraction of a patch.
         test_fraction: bottom share of each source image used for the test split.
         seed: seed of the subsampling.
+        val_fraction: share of each source image, just above the test band, used for a val split (``val_*`` keys;
+            none when 0). Settings are chosen on it, never on test.
     """
     root = Path(shared_data) if shared_data is not None else default_shared_data()
     classes = list(classes or HE_SOURCES)
     rng = np.random.default_rng(seed)
-    parts: dict[str, list] = {"train_images": [], "train_labels": [], "test_images": [], "test_labels": []}
+    splits = ("train", "val", "test") if val_fraction > 0 else ("train", "test")
+    parts: dict[str, list] = {f"{split}_{kind}": [] for split in splits for kind in ("images", "labels")}
     summary = {}
     for label, name in enumerate(classes):
         src = HE_SOURCES[name]
-        train, test = cut_patches(read_rgb(root / src.path), patch_size, src.downsample, src.stride, min_tissue,
-                                  test_fraction)
-        for split, arr, cap in (("train", train, max_train_per_class), ("test", test, max_test_per_class)):
+        cut = cut_patches(read_rgb(root / src.path), patch_size, src.downsample, src.stride, min_tissue,
+                          test_fraction, val_fraction)
+        caps = {"train": max_train_per_class, "val": max_test_per_class, "test": max_test_per_class}
+        for split in splits:
+            arr, cap = cut[split], caps[split]
             if cap is not None and len(arr) > cap:
                 arr = arr[np.sort(rng.choice(len(arr), cap, replace=False))]
             if len(arr) == 0:
@@ -175,12 +186,14 @@ def main() -> None:
     p.add_argument("--max_train_per_class", type=int, default=None)
     p.add_argument("--max_test_per_class", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val_fraction", type=float, default=0.0)
     args = p.parse_args()
     summary = build_he_patch_npz(args.out, patch_size=args.patch_size, classes=args.classes,
                                  max_train_per_class=args.max_train_per_class,
-                                 max_test_per_class=args.max_test_per_class, seed=args.seed)
+                                 max_test_per_class=args.max_test_per_class, seed=args.seed,
+                                 val_fraction=args.val_fraction)
     for name, counts in summary.items():
-        print(f"{name:20s} train {counts['train']:5d}  test {counts['test']:4d}")
+        print(f"{name:20s} " + "  ".join(f"{k} {v:5d}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--method_options", default="{}", help="extra options of the distillers (python dict literal)")
     p.add_argument("--lr_img", type=float, default=None, help="Histo-DD's lr_img (default: the bundle's)")
     p.add_argument("--patch_size", type=int, default=32)
+    p.add_argument("--val_fraction", type=float, default=0.15, help="band of each source above the test band kept "
+                   "as the val split (settings are chosen on it; see histodd_tune in the README)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_histodd"))
@@ -66,9 +68,9 @@ def main() -> None:
     args = p.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(args.work_dir)
-    data = work / f"he_patches_{args.patch_size}.npz"
+    data = work / f"he_patches_{args.patch_size}_val{args.val_fraction:g}.npz"
     if not data.is_file():
-        build_he_patch_npz(data, patch_size=args.patch_size)
+        build_he_patch_npz(data, patch_size=args.patch_size, val_fraction=args.val_fraction)
     overrides = {"preset_overrides": {"width": args.width}} if args.width else {}
     common = {"preset": args.preset, "seed": args.seed, "device": device, "dataset": str(data), "arch": args.arch,
               "cache_dir": str(work / "cache"), **overrides}
@@ -83,7 +85,8 @@ def main() -> None:
             "# Histo-DD on a real H&E patch task, evaluation protocol mean ± std over the evaluation networks",
             "",
             f"Task: `benchmarks/histodd_data.py` ({args.patch_size} px patches of the shared slides and H&E tiles, "
-            "6 classes = source tissue, spatially disjoint train/test). Preset `"
+            f"6 classes = source tissue, spatially disjoint train/val/test bands, val {args.val_fraction:g} of each "
+            "source). Preset `"
             f"{args.preset}`, distillation network `{args.arch}`"
             f"{f' (width {args.width})' if args.width else ''}, method options `{args.method_options}`"
             f"{f', Histo-DD lr_img {args.lr_img}' if args.lr_img is not None else ''}, seed {args.seed}; "

@@ -30,8 +30,8 @@ BUNDLE = {2: "bundles/medmnist2d_distillation/configs", 3: "bundles/organmnist3d
 NOTES_OPEN, NOTES_CLOSE = "<!-- notes -->", "<!-- /notes -->"
 # What a table cell needs of a run's metrics.json; the record keeps only these, so it stays small enough to commit.
 RECORD_KEYS = ("test_acc_mean", "test_acc_std", "test_balanced_acc_mean", "test_balanced_acc_std", "test_auc_mean",
-               "test_auc_std", "distill_seconds", "eval_seconds", "peak_memory_mb", "n_eval_models", "eval_epochs",
-               "iterations", "device", "machine")
+               "test_auc_std", "test_acc_prior_mean", "test_acc_prior_std", "distill_seconds", "learned_lr",
+               "eval_seconds", "peak_memory_mb", "n_eval_models", "eval_epochs", "iterations", "device", "machine")
 
 
 def dims(flag: str) -> int:
@@ -145,7 +145,8 @@ def _locked_json(path: Path, write: bool) -> Iterator[dict[str, Any]]:
                 tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-Cell = tuple[str, str, int]
+# (dataset, row, ipc) or (dataset, row, ipc, seed): the parts after the row are integers.
+Cell = tuple
 
 
 class ResultsRecord:
@@ -161,7 +162,7 @@ class ResultsRecord:
 
     @staticmethod
     def _cells(record: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
-        return {(d, row, int(ipc)): v for (d, row, ipc), v in ((k.split("|"), v) for k, v in record.items())}
+        return {(d, row, *map(int, rest)): v for (d, row, *rest), v in ((k.split("|"), v) for k, v in record.items())}
 
     def cells(self) -> dict[Cell, dict[str, Any]]:
         with _locked_json(self.path, write=False) as record:

@@ -3,7 +3,9 @@
 ``paper`` follows the seeds (PTM, HoP-TM, Histo-DD) and the MTT line of work: K = 10 evaluation networks,
 1000 epochs on the synthetic set, ConvNet width 128, depth 3, SGD (momentum 0.9, weight decay 5e-4), lr 0.01
 (or the learned lr), lr x0.1 at half, DSA on. ``quick`` keeps every step of that protocol but is sized for a
-2-core CPU; every table and ``metrics.json`` names the preset that produced it.
+2-core CPU (tests, CI). ``standard`` is the benchmark budget: sized so that one 2D 28 px cell (experts, distillation
+and its evaluation) takes at most 20 min and one 3D 28³ cell at most 60 min on 2 cores at one thread per process.
+Every table and ``metrics.json`` names the preset that produced it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ PRESETS: dict[tuple[str, int], Preset] = {
     ("quick", 3): Preset(
         "quick", eval_models=3, eval_epochs=100, eval_epochs_full=12, width=16, eval_batch=64, embed_epochs=3,
         forgetting_epochs=3,
+    ),
+    # The full-data bound (``eval_epochs_full``) is tested at the epoch chosen on the val split.
+    ("standard", 2): Preset(
+        "standard", eval_models=5, eval_epochs=500, eval_epochs_full=60, width=32, embed_epochs=20, forgetting_epochs=20
+    ),
+    ("standard", 3): Preset(
+        "standard", eval_models=5, eval_epochs=200, eval_epochs_full=30, width=16, eval_batch=64, embed_epochs=5,
+        forgetting_epochs=5,
     ),
 }
 

@@ -51,7 +51,7 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
     "dc": {"lr_img": [0.01, 0.1, 1.0]},
     "dsa": {"lr_img": [0.01, 0.1, 1.0]},
     "dm": {"lr_img": [0.1, 1.0, 10.0]},
-    "histodd": {"lr_img": [1e-3, 5e-3, 2e-2], "alpha": [0.005, 0.01, 0.05]},
+    "histodd": {"lr_img": [1e-3, 5e-3, 2e-2, 0.1], "perturb_alpha": [0.005, 0.01, 0.05]},
 }
 
 

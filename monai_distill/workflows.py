@@ -541,6 +541,7 @@ class DistillWorkflow(_Workflow):
             "distill_seconds": progress.seconds,
             "test_acc_mean": s["test_acc_mean"],
             "test_acc_std": s["test_acc_std"],
+            "test_balanced_acc_mean": s["test_balanced_acc_mean"],
             "test_auc_mean": s["test_auc_mean"],
             "n_eval_models": len(result.per_model),
         })
@@ -549,10 +550,10 @@ class DistillWorkflow(_Workflow):
         if not is_main_process() or not progress.eval_history:
             return
         xs = [e["distill_seconds"] for e in progress.eval_history]
-        ys = [100 * e["test_acc_mean"] for e in progress.eval_history]
+        ys = [100 * e["test_balanced_acc_mean"] for e in progress.eval_history]
         line_plot({self.method: (xs, ys)}, self.output_dir / "accuracy_over_time.png", markers=True,
-                  title=f"{self.method}: test accuracy during distillation", xlabel="distillation seconds",
-                  ylabel="accuracy %")
+                  title=f"{self.method}: test balanced accuracy during distillation", xlabel="distillation seconds",
+                  ylabel="balanced accuracy %")
 
     def _write_losses(self, progress: _Progress) -> None:
         """``losses.csv`` (every iteration) and ``loss_curve.png`` (every loss term, log scale where positive)."""

@@ -31,26 +31,35 @@ def test_record_merges_writers_and_keeps_only_the_headline_numbers(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file, then renamed
 
 
-def test_trajectory_table_keeps_the_columns_it_did_not_run(tmp_path):
+def test_trajectory_table_aggregates_seeds_pairs_with_the_best_coreset_and_keeps_other_columns(tmp_path):
     record = ResultsRecord(tmp_path / "trajectory.json")
-    record.put(("breastmnist", "ptm", 2), _metrics(0.8))
-    record.put(("breastmnist", "datm", 2), _metrics(0.75))
-    record.put(("adrenalmnist3d", "ptm", 10), _metrics(0.7))
+    for seed, (ptm, rnd, herd) in enumerate([(0.90, 0.80, 0.85), (0.92, 0.78, 0.84), (0.94, 0.82, 0.83)]):
+        record.put(("breastmnist", "ptm", 2, seed), _metrics(ptm))
+        record.put(("breastmnist", "random", 2, seed), _metrics(rnd))
+        record.put(("breastmnist", "herding", 2, seed), _metrics(herd))
+    record.put(("adrenalmnist3d", "ptm", 10, 0), _metrics(0.7))
+    record.put(("breastmnist", "full", 0, 0), {**_metrics(0.95), "test_balanced_acc_std": 0.03})
     out = tmp_path / "trajectory.md"
     out.write_text("old table\n<!-- notes -->\nhand-written\n<!-- /notes -->\n")
     cmd = [sys.executable, str(REPO / "benchmarks" / "trajectory.py"), "--table_only", "--datasets", "pneumoniamnist",
-           "--ipcs", "2", "--work_dir", str(tmp_path / "runs"), "--out", str(out)]
+           "--ipcs", "2", "10", "--work_dir", str(tmp_path / "runs"), "--out", str(out)]
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     text = out.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| method |"))
     assert header.count("breastmnist ipc 2") == 1 and "adrenalmnist3d ipc 10" in header
     assert "pneumoniamnist ipc 2" in header  # what this invocation was asked for, still empty
     ptm_row = next(line for line in text.splitlines() if line.startswith("| ptm |"))
-    assert "80.0 ± 1.0" in ptm_row and "70.0 ± 1.0" in ptm_row
-    assert "- breastmnist: PTM 80.0 ± 1.0 vs best other `datm` 75.0 ± 1.0: met." in text
+    # balanced accuracy = acc - 0.1: seeds 80, 82, 84 -> mean 82.0, population std 1.6, 3 seeds
+    assert "82.0 ± 1.6 (3)" in ptm_row and "60.0 ± 0.0 (1)" in ptm_row
+    full_row = next(line for line in text.splitlines() if line.startswith("| full |"))
+    assert "85.0 ± 3.0 (nets)" in full_row  # one seed: the spread is over its networks
+    paired = text[text.index("against the best coreset"):]
+    ptm_paired = next(line for line in paired.splitlines() if line.startswith("| ptm |"))
+    assert "+8.0 ± 2.4 (3/3 vs herding)" in ptm_paired  # herding (74.0 mean) is the best coreset; diffs 5, 8, 11
+    assert "- breastmnist ipc 2: PTM balanced accuracy 82.0 ± 1.6 (3) vs best other `herding`" in text
+    assert "gap +8.0 against PTM's seed std 1.6: **met**" in text
     assert kept_notes(out) == ["<!-- notes -->\nhand-written\n<!-- /notes -->", ""]
-    assert json.loads((tmp_path / "trajectory.json").read_text()).keys() == {
-        "breastmnist|ptm|2", "breastmnist|datm|2", "adrenalmnist3d|ptm|10"}
+    assert len(json.loads((tmp_path / "trajectory.json").read_text())) == 11
 
 
 @pytest.mark.parametrize("bad", ["not json", "[1, 2]"])

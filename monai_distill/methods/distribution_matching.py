@@ -30,6 +30,7 @@ class DM(ImageDistiller):
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"iterations": 20000, "lr_img": 1.0, "batch_real": 256},
         "quick": {"iterations": 200, "lr_img": 1.0, "batch_real": 64},
+        "standard": {"iterations": 1000, "lr_img": 1.0, "batch_real": 128},
     }
 
     def matching_loss(self, net: torch.nn.Module) -> torch.Tensor:

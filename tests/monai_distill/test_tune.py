@@ -27,6 +27,21 @@ def test_every_method_with_settings_has_a_grid():
     assert {"label_epoch", "loss_threshold"} <= set(SEARCH_SPACES["datm"])
 
 
+def test_every_grid_key_is_an_option_of_its_method():
+    import dataclasses
+
+    from monai_distill.methods import get_method
+    from monai_distill.methods.image_distiller import ImageDistiller
+
+    for name, space in SEARCH_SPACES.items():
+        cls = get_method(name)
+        if issubclass(cls, ImageDistiller):
+            valid = set(cls.COMMON).union(*(set(d) for d in cls.DEFAULTS.values()))
+        else:
+            valid = {f.name for f in dataclasses.fields(cls.options_cls)}
+        assert set(space) <= valid, (name, sorted(set(space) - valid))
+
+
 def test_tune_on_val_writes_settings_and_record_and_never_opens_test(medmnist_dir, tmp_path, monkeypatch, one_thread):
     opened: list[str] = []
     real_loader = medmnist_module.load_npz_arrays

@@ -129,7 +129,11 @@ def test_datm_soft_labels_start_at_the_true_class(breast, buffers):
 def test_learned_lr_stays_positive(breast, buffers):
     d = distiller("mtt", breast, buffers, lr_lr=50.0, num_iterations=4)
     lrs = [d.step(it)["lr"] for it in range(4)]
-    assert all(0.999 * d.opts.min_lr <= lr <= 1.001 * d.opts.max_lr for lr in lrs)  # float32 exp(log)
+    lo, hi = (math.exp(b) for b in d.log_lr_bounds)
+    assert all(0.999 * lo <= lr <= 1.001 * hi for lr in lrs)  # float32 exp(log)
+    lr0 = d.buffer_settings.lr
+    assert (lo, hi) == pytest.approx((0.2 * lr0, 5.0 * lr0))  # bounded relative to its start: no collapse
+    assert min(lrs) == pytest.approx(lo, rel=1e-3) or max(lrs) == pytest.approx(hi, rel=1e-3)
     d = distiller("mtt", breast, buffers, num_iterations=3)
     assert len({d.step(it)["lr"] for it in range(3)}) == 3  # with the normal step it is learned
 
