@@ -13,9 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from monai.visualize.utils import blend_images
+from PIL import Image
 
-from monai_distill.utils import atomic_path
+from monai_distill.plotting import figure_to_image, new_figure, save_image
 from wsi.reader import Slide
 from wsi.tiling import read_mask_image
 
@@ -25,10 +30,9 @@ __all__ = ["colormap", "draw_heatmap", "rank_normalize", "save_attention_heatmap
 
 logger = logging.getLogger(__name__)
 
-# Anchor colours of a perceptually ordered blue -> green -> yellow -> red map (sampled from "turbo").
-_ANCHORS = np.array(
-    [(48, 18, 59), (70, 107, 227), (40, 188, 235), (50, 242, 152), (164, 252, 60), (237, 208, 58), (251, 128, 34),
-     (210, 49, 5), (122, 4, 3)], dtype=np.float64)
+_CMAP = "turbo"  # perceptually ordered blue -> green -> yellow -> red
+_BAR_PX = 44  # height of the colour bar strip under the image: bar, tick labels and caption at 8 pt
+_BAR_MARGIN_PX = 24  # space left and right of the bar so that its end labels stay inside the image
 
 
 def rank_normalize(scores: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -40,11 +44,41 @@ def rank_normalize(scores: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
-    """(N,) values in [0, 1] -> (N, 3) uint8 RGB by linear interpolation between the anchor colours."""
-    v = np.clip(np.asarray(values, dtype=np.float64), 0, 1) * (len(_ANCHORS) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(_ANCHORS) - 2)
-    t = (v - lo)[:, None]
-    return np.round((1 - t) * _ANCHORS[lo] + t * _ANCHORS[lo + 1]).astype(np.uint8)
+    """(N,) values in [0, 1] -> (N, 3) uint8 RGB of the heatmap's colour map (matplotlib's ``turbo``)."""
+    v = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), 0, 1)
+    return colormaps[_CMAP](v, bytes=True)[:, :3]
+
+
+def _rank_map(shape: tuple[int, int], level0_size: tuple[int, int], coords: np.ndarray, footprint: int,
+              ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean rank of the patches over each pixel of an image of ``shape``, and which pixels any patch covers."""
+    h, w = shape
+    sx, sy = w / level0_size[0], h / level0_size[1]
+    total = np.zeros((h, w), dtype=np.float64)
+    count = np.zeros((h, w), dtype=np.float64)
+    for (x, y), r in zip(coords, ranks):
+        x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
+        x1, y1 = max(x0 + 1, int(np.ceil((x + footprint) * sx))), max(y0 + 1, int(np.ceil((y + footprint) * sy)))
+        total[y0:y1, x0:x1] += r
+        count[y0:y1, x0:x1] += 1  # overlapping patches (stride < size) average their ranks
+    covered = count > 0
+    return np.divide(total, count, out=np.zeros_like(total), where=covered), covered
+
+
+def _colour_bar_figure(image: np.ndarray) -> Figure:
+    """``image`` pixel for pixel, with a horizontal low -> high colour bar of the colour map under it."""
+    h, w = image.shape[:2]
+    fig = new_figure((w, h + _BAR_PX))
+    fig.figimage(image, xo=0, yo=_BAR_PX, origin="upper")  # unresampled: one array pixel per output pixel
+    margin = min(_BAR_MARGIN_PX, w // 4)
+    cax = fig.add_axes((margin / w, 26 / (h + _BAR_PX), 1 - 2 * margin / w, 10 / (h + _BAR_PX)))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), _CMAP), cax=cax, orientation="horizontal")
+    bar.set_ticks([0, 1], labels=["low", "high"], fontsize=8)
+    bar.ax.tick_params(length=2, pad=1)
+    bar.outline.set_linewidth(0.5)
+    if w >= 200:  # the caption needs about 180 px; narrower images keep just "low" and "high"
+        fig.text(0.5, 2 / (h + _BAR_PX), "attention (rank within the slide)", ha="center", va="bottom", fontsize=8)
+    return fig
 
 
 def draw_heatmap(
@@ -58,6 +92,8 @@ def draw_heatmap(
 ) -> Image.Image:
     """Blend each patch's colour (by score rank) over its footprint on ``background``.
 
+    Where patches overlap, their ranks are averaged before colouring. Pixels under no patch keep the background.
+
     Args:
         background: (H, W, 3) uint8 image of the whole slide.
         level0_size: ``(width, height)`` of level 0, to place the level-0 ``coords``.
@@ -65,36 +101,25 @@ def draw_heatmap(
         footprint: patch side in level-0 pixels.
         scores: (N,) instance scores.
         alpha: opacity of the colour.
-        legend: add a low -> high colour bar under the image.
+        legend: add a low -> high colour bar under the image (same width, taller by the bar strip).
+
+    Returns:
+        RGB PIL image: the blended slide at the size of ``background``, plus the colour bar strip if ``legend``.
     """
     coords = np.asarray(coords).reshape(-1, 2)
     scores = np.asarray(torch.as_tensor(scores).float().cpu()).reshape(-1)
     if len(coords) != len(scores):
         raise ValueError(f"{len(coords)} patch coordinates but {len(scores)} scores.")
     h, w = background.shape[:2]
-    sx, sy = w / level0_size[0], h / level0_size[1]
-    colour = np.zeros((h, w, 3), dtype=np.float64)
-    weight = np.zeros((h, w, 1), dtype=np.float64)
-    for (x, y), rgb in zip(coords, colormap(rank_normalize(scores))):
-        x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
-        x1, y1 = max(x0 + 1, int(np.ceil((x + footprint) * sx))), max(y0 + 1, int(np.ceil((y + footprint) * sy)))
-        colour[y0:y1, x0:x1] += rgb
-        weight[y0:y1, x0:x1] += 1  # overlapping patches (stride < size) average their colours
-    covered = weight[..., 0] > 0
-    out = background[..., :3].astype(np.float64).copy()
-    out[covered] = (1 - alpha) * out[covered] + alpha * colour[covered] / weight[covered]
-    image = Image.fromarray(np.round(out).clip(0, 255).astype(np.uint8))
+    ranks, covered = _rank_map((h, w), level0_size, coords, footprint, rank_normalize(scores))
+    slide = np.moveaxis(background[..., :3].astype(np.float64) / 255, -1, 0)
+    # blend_images colours ranks with the map and mixes by per-pixel weight: alpha on patches, 0 elsewhere.
+    blended = blend_images(slide, ranks[None], alpha=alpha * covered[None].astype(np.float64), cmap=_CMAP,
+                           rescale_arrays=False, transparent_background=False)
+    rgb = np.round(np.moveaxis(np.asarray(blended), 0, -1) * 255).clip(0, 255).astype(np.uint8)
     if not legend:
-        return image
-    bar_h = max(8, h // 40)
-    bar = np.repeat(colormap(np.linspace(0, 1, w))[None], bar_h, axis=0)
-    canvas = Image.new("RGB", (w, h + bar_h + 14), (255, 255, 255))
-    canvas.paste(image, (0, 0))
-    canvas.paste(Image.fromarray(bar), (0, h + 2))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((2, h + bar_h + 2), "low", fill=(0, 0, 0))
-    draw.text((max(0, w - 30), h + bar_h + 2), "high", fill=(0, 0, 0))
-    return canvas
+        return Image.fromarray(rgb)
+    return figure_to_image(_colour_bar_figure(rgb))
 
 
 def slide_background(bag: Bag, size: int = 768) -> np.ndarray | None:
@@ -133,7 +158,4 @@ def save_attention_heatmap(
         scale = size / max(w0, h0)
         background = np.full((max(1, round(h0 * scale)), max(1, round(w0 * scale)), 3), 255, dtype=np.uint8)
     image = draw_heatmap(background, (w0, h0), bag.coords.numpy(), int(bag.meta["footprint"]), scores, alpha)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    return path
+    return save_image(image, path)

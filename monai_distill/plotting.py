@@ -1,33 +1,81 @@
-"""Line plots as PNG with PIL only (loss curves, accuracy over time): no plotting library is a dependency."""
+"""PNG figures drawn with matplotlib: line plots (loss curves, accuracy over time) and shared figure helpers.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects on an Agg canvas, never pyplot figures: no global figure
+registry, no GUI backend, nothing to close, and safe in worker processes. They are sized in pixels (``size``) at
+:data:`DPI` and rendered to exactly that many pixels, then written as RGB PNGs through :func:`~.utils.atomic_path`.
+"""
 
 from __future__ import annotations
 
-import math
+import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
 from .utils import atomic_path
 
-__all__ = ["line_plot"]
+__all__ = ["DPI", "figure_to_image", "line_plot", "new_figure", "save_figure", "save_image"]
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+DPI = 100  # pixels per inch: a 10 pt font is ~14 px high, readable at the default 720 x 440 px
 
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+# After the ten colours of the default cycle, lines repeat their colour with another dash pattern.
+_LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+def new_figure(size: tuple[int, int], **kwargs: Any) -> Figure:
+    """A white figure of ``size = (width, height)`` pixels on its own Agg canvas.
+
+    Args:
+        size: width and height in pixels.
+        kwargs: passed to :class:`~matplotlib.figure.Figure` (e.g. ``layout="constrained"``).
+    """
+    w, h = (max(1, int(v)) for v in size)
+    fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI, facecolor="white", **kwargs)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering and text measuring need no pyplot
+    return fig
+
+
+def figure_to_image(fig: Figure) -> Image.Image:
+    """Render ``fig`` (made by :func:`new_figure`) to an RGB PIL image of its pixel size."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    # The figure's face is opaque, so dropping alpha loses nothing; RGB keeps the PNGs as the PIL ones were.
+    return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write ``image`` as a PNG atomically (temporary file beside ``path``, then rename) and return ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Render ``fig`` and write it as an RGB PNG atomically; returns ``path`` as a :class:`~pathlib.Path`."""
+    return save_image(figure_to_image(fig), path)
+
+
+def _finite_points(xs: Sequence[float], ys: Sequence[float], positive: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(x, y)`` pairs with both finite (and ``y > 0`` if ``positive``); extra items of the longer list drop."""
+    n = min(len(xs), len(ys))
+    x = np.asarray(list(xs)[:n], dtype=np.float64)
+    y = np.asarray(list(ys)[:n], dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if positive:
+        keep &= y > 0
+    return x[keep], y[keep]
+
+
+def _wrap(text: str, width_px: int, font_px: float = 9.0) -> str:
+    """Break ``text`` into lines that fit ``width_px`` (``font_px``: a generous average character width at 10 pt)."""
+    return textwrap.fill(text, width=max(20, int(width_px / font_px))) if text else ""
 
 
 def line_plot(
@@ -40,69 +88,41 @@ def line_plot(
     size: tuple[int, int] = (720, 440),
     markers: bool = False,
 ) -> Path:
-    """Draw ``{name: (xs, ys)}`` as lines with axes, ticks and a legend; non-finite points are skipped.
+    """Draw ``{name: (xs, ys)}`` as lines with axes, ticks, grid and a legend; non-finite points are skipped.
+
+    Lines join the points left after skipping (a NaN does not cut a line in two). A series with a single point is
+    drawn as a marker. The legend sits outside the axes on the right so it never hides data.
 
     Args:
-        series: one entry per line.
+        series: one entry per line: ``(xs, ys)`` of equal length.
         path: PNG to write (atomically).
-        title, xlabel, ylabel: texts.
-        log_y: logarithmic y axis (non-positive values are skipped).
-        size: image size in pixels.
+        title: figure title (wrapped to the width).
+        xlabel: x axis label.
+        ylabel: y axis label.
+        log_y: logarithmic y axis; non-positive values are skipped. With no positive value at all the axis stays
+            linear (an empty log axis has no limits).
+        size: image size in pixels ``(width, height)``.
         markers: draw a dot at every point (few points, e.g. accuracy over time).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
     """
-    font = ImageFont.load_default()
-    w, h = size
-    left, right, top, bottom = 70, 20, 30, 50
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-
-    def ok(x: float, y: float) -> bool:
-        return math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)
-
-    pts = {k: [(float(x), float(y)) for x, y in zip(*v) if ok(float(x), float(y))] for k, v in series.items()}
-    allp = [p for v in pts.values() for p in v]
-    ty = (lambda y: math.log10(y)) if log_y else (lambda y: y)
-    if allp:
-        x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp)
-        y0, y1 = min(ty(p[1]) for p in allp), max(ty(p[1]) for p in allp)
-    else:
-        x0, x1, y0, y1 = 0.0, 1.0, 0.0, 1.0
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (w - left - right)
-
-    def sy(y: float) -> float:
-        return h - bottom - (ty(y) - y0) / (y1 - y0) * (h - top - bottom)
-
-    draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    for t in _ticks(x0, x1):
-        draw.line([sx(t), h - bottom, sx(t), h - bottom + 4], fill="black")
-        draw.text((sx(t) - 12, h - bottom + 6), _fmt(t), fill="black", font=font)
-    for t in _ticks(y0, y1):
-        yy = h - bottom - (t - y0) / (y1 - y0) * (h - top - bottom)
-        draw.line([left - 4, yy, left, yy], fill="black")
-        draw.line([left, yy, w - right, yy], fill=(230, 230, 230))
-        draw.text((4, yy - 6), _fmt(10**t if log_y else t), fill="black", font=font)
-    for i, (name, p) in enumerate(pts.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
-        xy = [(sx(x), sy(y)) for x, y in p]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
-        if markers or len(xy) == 1:
-            for cx, cy in xy:
-                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
-        draw.rectangle([left + 10, top + 8 + 14 * i, left + 22, top + 18 + 14 * i], fill=colour)
-        draw.text((left + 26, top + 7 + 14 * i), str(name), fill="black", font=font)
-    draw.text((left, 8), title, fill="black", font=font)
-    draw.text(((w - left) // 2, h - 18), xlabel + (" " if xlabel else ""), fill="black", font=font)
-    draw.text((4, top - 14), ylabel + (" (log)" if log_y else ""), fill="black", font=font)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+    fig = new_figure(size, layout="constrained")
+    ax = fig.add_subplot()
+    drawn = 0
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        x, y = _finite_points(xs, ys, positive=log_y)
+        drawn += len(x)
+        ax.plot(x, y, label=str(name), linewidth=1.8, linestyle=_LINESTYLES[(i // 10) % len(_LINESTYLES)],
+                marker="o" if markers or len(x) == 1 else None, markersize=4)
+    if log_y and drawn:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", color="0.9")
+    ax.set_axisbelow(True)
+    if title:  # over the whole figure, not the axes: a long title then cannot run into the legend
+        fig.suptitle(_wrap(title, int(size[0])), fontsize="medium")
+    if series:  # beside the axes, top-aligned with them; constrained layout shrinks the axes to make room
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small", frameon=False)
+    return save_figure(fig, path)

@@ -9,14 +9,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.figure import Figure
+from matplotlib.transforms import IdentityTransform
 
-from ..utils import atomic_path, atomic_torch_save, load_torch_file
+from ..plotting import DPI, new_figure, save_figure
+from ..utils import atomic_torch_save, load_torch_file
 from .dataset import DataError
 
 __all__ = ["SyntheticSet"]
 
 FORMAT_VERSION = 1
+_GAP = 2  # white pixels between the tiles of the PNG grid (before upscaling)
+_LABEL_PAD = 6  # pixels around the class-name column of the PNG grid
 
 
 @dataclass
@@ -168,48 +172,71 @@ class SyntheticSet:
     def to_png(self, path: str | Path, max_per_class: int = 20, tile_px: int = 64, row_names: bool = True) -> Path:
         """Draw a class-by-ipc grid (rows = classes); 3D images show their three orthogonal middle slices.
 
+        The images are placed pixel for pixel (upscaled by a whole factor with nearest neighbour, never resampled),
+        so the PNG shows exactly the stored values; matplotlib writes the class names.
+
         Args:
             path: PNG file to write (atomically).
             max_per_class: at most this many images per class row.
             tile_px: minimum drawn size of one image (small images are upscaled with nearest neighbour).
             row_names: write each row's class index and name in a column on the left.
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
         """
-        x = self.denormalised()
         labels = self.hard_labels.cpu()
-        tiles = [_tile(img) for img in x]  # each (H, W, 3) float
+        tiles = [_tile(img) for img in self.denormalised()]  # each (H, W, 3) float in [0, 1]
         th = max(t.shape[0] for t in tiles)
         tw = max(t.shape[1] for t in tiles)
         scale = max(1, math.ceil(tile_px / min(th, tw)))
-        rows = [torch.nonzero(labels == c).flatten().tolist()[:max_per_class] for c in range(self.num_classes)]
-        ncols = max(1, max(len(r) for r in rows))
-        gap = 2
-        canvas = np.ones(((th + gap) * len(rows) + gap, (tw + gap) * ncols + gap, 3), dtype=np.float32)
-        for r, idxs in enumerate(rows):
-            for c, i in enumerate(idxs):
-                t = tiles[i]
-                y0, x0 = gap + r * (th + gap), gap + c * (tw + gap)
-                canvas[y0 : y0 + t.shape[0], x0 : x0 + t.shape[1]] = t
-        img = Image.fromarray((canvas * 255).round().astype(np.uint8))
-        if scale > 1:
-            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-        if row_names:
-            img = _with_row_names(img, self._class_names(), (th + gap) * scale, gap * scale)
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            img.save(tmp, format="PNG")
-        return path
+        rows = [[tiles[i] for i in torch.nonzero(labels == c).flatten().tolist()[:max_per_class]]
+                for c in range(self.num_classes)]
+        mosaic = _mosaic(rows, (th, tw), _GAP)
+        mosaic = np.repeat(np.repeat(mosaic, scale, axis=0), scale, axis=1)
+        names = self._class_names() if row_names else []
+        fig = _grid_figure(mosaic, names, row_px=(th + _GAP) * scale, first_centre=(_GAP + th / 2) * scale)
+        return save_figure(fig, path)
 
 
-def _with_row_names(img: Image.Image, names: list[str], row_px: int, top: int) -> Image.Image:
-    """Prepend a white column with one class name per grid row (PIL's built-in font, no font files needed)."""
-    font = ImageFont.load_default()
-    width = max(int(ImageDraw.Draw(img).textlength(n, font=font)) for n in names) + 8
-    out = Image.new("RGB", (img.width + width, img.height), "white")
-    out.paste(img, (width, 0))
-    draw = ImageDraw.Draw(out)
-    for r, name in enumerate(names):
-        draw.text((4, top + r * row_px + row_px // 2 - 6), name, fill="black", font=font)
-    return out
+def _mosaic(rows: list[list[np.ndarray]], tile: tuple[int, int], gap: int) -> np.ndarray:
+    """Tiles ``rows[r][c]`` ((h, w, 3) floats in [0, 1]) in cells of ``tile`` pixels on white -> (H, W, 3) uint8."""
+    th, tw = tile
+    ncols = max(1, max(len(r) for r in rows))
+    canvas = np.ones(((th + gap) * len(rows) + gap, (tw + gap) * ncols + gap, 3), dtype=np.float32)
+    for r, row in enumerate(rows):
+        for c, t in enumerate(row):
+            y0, x0 = gap + r * (th + gap), gap + c * (tw + gap)
+            canvas[y0 : y0 + t.shape[0], x0 : x0 + t.shape[1]] = t
+    return (canvas * 255).round().astype(np.uint8)
+
+
+def _grid_figure(mosaic: np.ndarray, names: list[str], row_px: int, first_centre: float) -> Figure:
+    """A figure of ``mosaic`` at its own pixel size, with ``names`` (one per grid row) in a column on its left.
+
+    Args:
+        mosaic: (H, W, 3) uint8 image grid.
+        names: row labels, top to bottom; empty for none (the figure is then exactly the mosaic).
+        row_px: height of one grid row in pixels.
+        first_centre: pixels from the top to the middle of the first row.
+    """
+    h, w = mosaic.shape[:2]
+    fig = new_figure((w, h))
+    label_w = 0
+    if names:
+        # As large as the rows allow (10 pt at most) so that neighbouring names never touch.
+        font_pt = float(np.clip(0.5 * row_px * 72 / DPI, 5, 10))
+        texts = [
+            fig.text(_LABEL_PAD, h - first_centre - r * row_px, name, transform=IdentityTransform(),
+                     ha="left", va="center", fontsize=font_pt)
+            for r, name in enumerate(names)
+        ]
+        renderer = fig.canvas.get_renderer()
+        label_w = math.ceil(max(t.get_window_extent(renderer).width for t in texts)) + 2 * _LABEL_PAD
+        # Texts sit at fixed pixels from the bottom-left corner, so widening the figure does not move them.
+        fig.set_size_inches((w + label_w) / DPI, h / DPI)
+    # figimage draws the array unresampled, one array pixel per output pixel.
+    fig.figimage(mosaic, xo=label_w, yo=0, origin="upper")
+    return fig
 
 
 def _to_rgb(img2d: torch.Tensor) -> np.ndarray:

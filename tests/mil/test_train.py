@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mil.bags import Bag, BagDirectory, BagError
-from mil.heatmap import draw_heatmap, rank_normalize, save_attention_heatmap
+from mil.heatmap import colormap, draw_heatmap, rank_normalize, save_attention_heatmap
 from mil.train import MILTrainer, collate_bags, torch_threads
 from mil.workflows import stratified_split
 
@@ -117,6 +117,38 @@ def test_draw_heatmap_colours_only_patches() -> None:
     assert (image[30, 5] == 200).all()  # no patch there
     assert image[5, 5, 2] > image[5, 5, 0] and image[25, 25, 0] > image[25, 25, 2]  # low = blue, high = red
     assert rank_normalize([3.0, 1.0, 2.0]).tolist() == [1.0, 0.0, 0.5] and rank_normalize([7.0]).tolist() == [1.0]
+
+
+def test_draw_heatmap_blends_and_adds_a_colour_bar() -> None:
+    background = np.full((120, 240, 3), 200, dtype=np.uint8)
+    coords, scores = np.array([[0, 0], [100, 0], [50, 0]]), [0.0, 1.0, 0.5]
+    plain = np.asarray(draw_heatmap(background, (240, 120), coords, 100, scores, alpha=0.5, legend=False))
+    # Half-way between the background grey and the colour of each patch's rank; patches 1 and 3 overlap on
+    # x 50..100 and 3 and 2 on x 100..150, where the ranks are averaged.
+    for x, rank in ((25, 0.0), (75, 0.25), (125, 0.75), (175, 1.0)):
+        expected = 0.5 * 200 + 0.5 * colormap(np.array([rank]))[0].astype(float)
+        np.testing.assert_allclose(plain[50, x], expected, atol=1)
+    assert (plain[110, :] == 200).all() and (plain[:, 210] == 200).all()  # outside every patch
+    with_bar = np.asarray(draw_heatmap(background, (240, 120), coords, 100, scores, alpha=0.5))
+    assert with_bar.shape[1] == 240 and with_bar.shape[0] > 120
+    np.testing.assert_array_equal(with_bar[:120], plain)  # the image itself is not resampled
+    strip = with_bar[120:]
+    assert strip.std() > 0 and (strip < 100).any()  # colour bar and dark label text
+    assert colormap(np.array([0.0]))[0, 2] > colormap(np.array([0.0]))[0, 0]  # low end is blue
+    assert colormap(np.array([1.0]))[0, 0] > colormap(np.array([1.0]))[0, 2]  # high end is red
+
+
+def test_save_attention_heatmap_without_slide_or_thumbnail(tmp_path: Path) -> None:
+    """No readable slide: the patches are drawn on white, at ``size`` along the longer side, plus the colour bar."""
+    coords = torch.tensor([[0, 0], [400, 0], [800, 200]])
+    bag = Bag("s", 0, features=torch.randn(3, 8), coords=coords,
+              meta={"level0_size": [1000, 500], "footprint": 200, "slide_path": str(tmp_path / "missing.tiff")})
+    path = save_attention_heatmap(bag, torch.tensor([0.1, 0.2, 0.9]), tmp_path / "h" / "s.png", size=300)
+    assert path == tmp_path / "h" / "s.png" and [p.name for p in path.parent.iterdir()] == ["s.png"]
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width == 300 and img.height > 150
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.std() > 0 and (pixels[:150] == 255).all(axis=2).mean() > 0.5  # mostly white slide area
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

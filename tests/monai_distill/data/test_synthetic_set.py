@@ -200,3 +200,8 @@ def test_to_png_names_the_class_rows(tmp_path: Path, breast_train: RealDataset) 
     assert named.shape[0] == plain.shape[0] and named.shape[1] > plain.shape[1]
     left = named[:, : named.shape[1] - plain.shape[1]]
     assert (left < 128).any()  # dark text pixels in the white name column
+    np.testing.assert_array_equal(named[:, left.shape[1] :], plain)  # the names only add a column
+    # One name per class row, each in its own row: the dark text rows form two separate blocks.
+    dark_rows = np.flatnonzero((left < 128).any(axis=(1, 2)))
+    assert dark_rows.size and np.count_nonzero(np.diff(dark_rows) > 1) == 1
+    assert {p.name for p in tmp_path.iterdir()} == {"named.png", "plain.png"}  # no temporary file left behind
