@@ -8,8 +8,9 @@ and writes the winner into ``configs/<dataset>.json`` under ``presets.<preset>.m
 val scores and the path of the full search record under ``presets.<preset>.tuned.<method>.ipc<k>``.
 
 The grids list where the code departs from a paper or a reference as options for validation to decide: PTM's
-``ce_weight`` (``L_c`` at 0.1 here, 1 in Eq. 5 read literally) and ``beta2``; the learned-lr step ``lr_lr`` (0 keeps
-the initial lr, the reference MTT's setting); DATM's ``label_epoch`` and ``loss_threshold`` (1.0 in the reference).
+``ce_weight`` (``L_c`` at 0.1 here, 1 in Eq. 5 read literally), ``beta2`` and ``overlap_features`` (Eq. 4 on the
+student's or the expert's features); the learned-lr step ``lr_lr`` (0 keeps the initial lr) and ``lr_param`` (``log η``
+here, ``η`` itself in MTT); DATM's ``label_epoch`` and ``loss_threshold`` (1.0 in the reference).
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ __all__ = ["SEARCH_SPACES", "TuneWorkflow", "candidate_grid"]
 
 logger = logging.getLogger("monai_distill")
 
-_TRAJECTORY = {"lr_img": [10.0, 100.0, 1000.0], "lr_lr": [0.0, 1e-4, 1e-3, 1e-2], "syn_steps": [10, 20],
-               "max_start_epoch": [2, 5, 8]}
+_TRAJECTORY = {"lr_img": [10.0, 100.0, 1000.0], "lr_lr": [0.0, 1e-4, 1e-3, 1e-2], "lr_param": ["log", "linear"],
+               "syn_steps": [10, 20], "max_start_epoch": [2, 5, 8]}
 # One grid per method: the settings that move results most in the papers' own ablations.
 SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
     "mtt": dict(_TRAJECTORY),
     "ftd": {**_TRAJECTORY, "ema_decay": [0.99, 0.999]},
     "datm": {**_TRAJECTORY, "label_epoch": [None, 2, 5], "loss_threshold": [math.inf, 1.0], "lr_y": [0.1, 2.0]},
-    "ptm": {**_TRAJECTORY, "max_end_epoch": [4, 6, 10], "beta2": [0.1, 1.0], "ce_weight": [0.1, 1.0]},
+    "ptm": {**_TRAJECTORY, "max_end_epoch": [4, 6, 10], "beta2": [0.1, 1.0], "ce_weight": [0.1, 1.0],
+            "overlap_features": ["student", "expert"]},
     "hoptm": {**_TRAJECTORY, "base_threshold": [0.5, 1.0, 2.0]},
     "dc": {"lr_img": [0.01, 0.1, 1.0]},
     "dsa": {"lr_img": [0.01, 0.1, 1.0]},

@@ -118,6 +118,10 @@ class PTMOptions(TrajectoryOptions):
         beta2: weight of ``L_overlap``.
         ce_weight: weight of ``L_c``.
         sigma: RBF bandwidth of ``L_overlap`` (``None``: median heuristic).
+        overlap_features: the network whose features Eq. 4 compares: ``student`` (the unrolled student's last
+            parameters, this package's choice: the network the images are being shaped for) or ``expert`` (the
+            matched expert checkpoint ``θ^D_t``, a fixed network as in the paper's description of a pretrained
+            feature space); validation decides (``tune``).
     """
 
     max_end_epoch: int = 10
@@ -130,9 +134,12 @@ class PTMOptions(TrajectoryOptions):
     beta2: float = 0.1
     ce_weight: float = 0.1
     sigma: float | None = None
+    overlap_features: str = "student"
 
     def check(self) -> None:
         super().check()
+        if self.overlap_features not in ("student", "expert"):
+            raise ValueError(f"overlap_features must be 'student' or 'expert', got '{self.overlap_features}'.")
         if self.max_end_epoch < 1 or self.retrain_points < 0:
             raise ValueError("ptm needs max_end_epoch >= 1 and retrain_points >= 0.")
         if not 0.0 < self.grow_fraction <= 1.0:
@@ -191,7 +198,8 @@ class PTM(TrajectoryDistiller):
         terms = {"match": (o.beta1, normalised_distance(student.params[-1], start, target))}
         terms["ce"] = (o.ce_weight, torch.stack(student.ce).mean())
         if o.overlap and self.complement.numel():
-            feats = self.fnet.embed(student.params[-1].detach(), self.images)
+            net = student.params[-1].detach() if o.overlap_features == "student" else target
+            feats = self.fnet.embed(net, self.images)
             terms["overlap"] = (o.beta2, overlap_loss(feats, self.labels, self.foundation, self.complement, o.sigma))
         return terms
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -114,6 +114,13 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+# How the learned lr is stored: ``name -> (parameter of a positive lr, lr of a parameter tensor)``.
+LR_PARAMETERISATIONS: dict[str, tuple[Callable[[float], float], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "log": (math.log, torch.exp),
+    "linear": (float, torch.clone),
+}
+
+
 @dataclass
 class TrajectoryOptions:
     """Settings shared by every trajectory method (MTT's names; values come from ``configs/`` and the bundle).
@@ -126,8 +133,11 @@ class TrajectoryOptions:
         max_start_epoch: start epochs are drawn from ``[min_start_epoch, max_start_epoch]``.
         lr_img: SGD step of the synthetic images.
         img_momentum: SGD momentum of the images and of the lr (MTT: 0.5).
-        lr_lr: SGD step of ``log η``. The learned lr is ``η = exp(log η)``, always positive (DESIGN, lessons: a
-            learned lr updated directly can cross zero and crash SGD).
+        lr_lr: SGD step of the learned lr's parameter (``log η`` by default; 0 keeps the initial lr).
+        lr_param: ``log``: the learned lr is ``η = exp(log η)``, always positive and stepped relatively (DESIGN,
+            lessons: a learned lr updated directly can cross zero and crash SGD); ``linear``: MTT's form, ``η`` itself
+            is stepped (the reference uses a tiny ``lr_lr``, e.g. 1e-5 to 1e-7). Both are projected into
+            ``[min_lr, max_lr]``; validation decides between them (``tune``).
         lr_init: initial learned lr; default the experts' lr.
         batch_syn: synthetic images per student step; default all of them.
         init: ``real`` (random real images of each class, the same draw as the ``random`` coreset with the same
@@ -153,6 +163,7 @@ class TrajectoryOptions:
     lr_img: float = 100.0
     img_momentum: float = 0.5
     lr_lr: float = 0.01
+    lr_param: str = "log"
     lr_init: float | None = None
     batch_syn: int | None = None
     init: str = "real"
@@ -187,14 +198,16 @@ class TrajectoryOptions:
             self.min_lr is not None and self.max_lr is not None and not self.min_lr < self.max_lr
         ):
             raise ValueError(f"need 0 < min_lr < max_lr, got {self.min_lr}, {self.max_lr}.")
+        if self.lr_param not in LR_PARAMETERISATIONS:
+            raise ValueError(f"lr_param must be one of {sorted(LR_PARAMETERISATIONS)}, got '{self.lr_param}'.")
+        if self.init not in ("real", "noise"):
+            raise ValueError(f"init must be 'real' or 'noise', got '{self.init}'.")
 
     def lr_bounds(self, lr0: float) -> tuple[float, float]:
         """``[min_lr, max_lr]`` of the learned lr that starts at ``lr0``."""
         lo = self.min_lr if self.min_lr is not None else self.lr_range[0] * lr0
         hi = self.max_lr if self.max_lr is not None else self.lr_range[1] * lr0
         return float(lo), float(max(hi, lo * (1 + 1e-6)))
-        if self.init not in ("real", "noise"):
-            raise ValueError(f"init must be 'real' or 'noise', got '{self.init}'.")
 
     def last_epoch(self) -> int:
         """The last expert epoch this method reads."""
@@ -249,7 +262,7 @@ class TrajectoryDistiller(Distiller):
         self.experts: ExpertBuffer | None = None
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
-        self.log_lr: torch.Tensor | None = None
+        self.lr_raw: torch.Tensor | None = None  # the learned lr's parameter (``log η`` or ``η``, see lr_param)
         self.iteration = 0
 
     # ------------------------------------------------------------------ experts
@@ -295,10 +308,11 @@ class TrajectoryDistiller(Distiller):
         self.images = images.to(self.device).requires_grad_(True)
         self.labels = torch.arange(c).repeat_interleave(ipc).to(self.device)
         lr0 = float(self.opts.lr_init or self.buffer_settings.lr)
-        self.log_lr = torch.tensor(math.log(lr0), device=self.device).requires_grad_(True)
-        self.log_lr_bounds = tuple(math.log(b) for b in self.opts.lr_bounds(lr0))
+        to_raw, self._from_raw = LR_PARAMETERISATIONS[self.opts.lr_param]
+        self.lr_raw = torch.tensor(to_raw(lr0), device=self.device).requires_grad_(True)
+        self.lr_raw_bounds = tuple(to_raw(b) for b in self.opts.lr_bounds(lr0))
         self.opt_img = torch.optim.SGD([self.images], lr=self.opts.lr_img, momentum=self.opts.img_momentum)
-        self.opt_lr = torch.optim.SGD([self.log_lr], lr=self.opts.lr_lr, momentum=self.opts.img_momentum)
+        self.opt_lr = torch.optim.SGD([self.lr_raw], lr=self.opts.lr_lr, momentum=self.opts.img_momentum)
         self.setup()
 
     def setup(self) -> None:
@@ -307,8 +321,8 @@ class TrajectoryDistiller(Distiller):
     # ------------------------------------------------------------------ the loop
     @property
     def lr(self) -> torch.Tensor:
-        """The learned student lr ``η = exp(log η)``."""
-        return self.log_lr.exp()
+        """The learned student lr ``η`` (``exp(log η)`` or ``η`` itself, see ``lr_param``)."""
+        return self._from_raw(self.lr_raw)
 
     def targets(self) -> torch.Tensor:
         """What the student's cross-entropy is computed against (hard labels; DATM: probabilities)."""
@@ -316,7 +330,7 @@ class TrajectoryDistiller(Distiller):
 
     def trainable(self) -> list[tuple[str, torch.Tensor, torch.optim.Optimizer]]:
         """The learned tensors with their optimizers (images, lr; DATM adds the label logits)."""
-        return [("images", self.images, self.opt_img), ("lr", self.log_lr, self.opt_lr)]
+        return [("images", self.images, self.opt_img), ("lr", self.lr_raw, self.opt_lr)]
 
     def plan(self, iteration: int) -> Plan:
         """The segment matched at ``iteration``: MTT's random expert and start epoch in the window."""
@@ -383,7 +397,7 @@ class TrajectoryDistiller(Distiller):
             for _, _, opt in tensors:
                 opt.step()
             with torch.no_grad():  # a projection, not a clamp in the graph: the lr keeps its gradient at the bounds
-                self.log_lr.clamp_(*self.log_lr_bounds)
+                self.lr_raw.clamp_(*self.lr_raw_bounds)
         self.after_update(iteration)
         self.iteration = iteration + 1
         out = {k: float(v.detach()) for k, (_, v) in terms.items()}
@@ -426,7 +440,7 @@ class TrajectoryDistiller(Distiller):
         state.update(
             iteration=self.iteration,
             images=self.images.detach().cpu().clone(),
-            log_lr=self.log_lr.detach().cpu().clone(),
+            lr_raw=self.lr_raw.detach().cpu().clone(),
             optimizers={n: opt.state_dict() for n, _, opt in self.trainable()},
             extra=self.extra_state(),
         )
@@ -437,7 +451,7 @@ class TrajectoryDistiller(Distiller):
         self.iteration = int(state["iteration"])
         with torch.no_grad():
             self.images.copy_(state["images"].to(self.device))
-            self.log_lr.copy_(state["log_lr"].to(self.device))
+            self.lr_raw.copy_(state["lr_raw" if "lr_raw" in state else "log_lr"].to(self.device))
         self.load_extra_state(state["extra"])
         for n, _, opt in self.trainable():
             opt.load_state_dict(state["optimizers"][n])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -117,3 +119,14 @@ def test_matching_loss_falls(breast, buffers):
                   ce_weight=0.0, lr_img=1000.0, buffers={"num_experts": 1})
     losses = [d.step(it)["match"] for it in range(12)]
     assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_overlap_on_expert_features_differs_from_student_features_and_is_checked(breast, buffers):
+    values = {}
+    for where in ("student", "expert"):
+        d = distiller("ptm", breast, buffers, ipc=4, num_iterations=2, overlap_features=where, retrain=False)
+        values[where] = d.step(0)["overlap"]
+    assert all(math.isfinite(v) and v <= 1e-6 for v in values.values())  # -MMD² is never positive
+    assert values["student"] != pytest.approx(values["expert"], abs=1e-9)
+    with pytest.raises(ValueError, match="overlap_features"):
+        distiller("ptm", breast, buffers, overlap_features="teacher")

@@ -129,13 +129,23 @@ def test_datm_soft_labels_start_at_the_true_class(breast, buffers):
 def test_learned_lr_stays_positive(breast, buffers):
     d = distiller("mtt", breast, buffers, lr_lr=50.0, num_iterations=4)
     lrs = [d.step(it)["lr"] for it in range(4)]
-    lo, hi = (math.exp(b) for b in d.log_lr_bounds)
+    lo, hi = (math.exp(b) for b in d.lr_raw_bounds)
     assert all(0.999 * lo <= lr <= 1.001 * hi for lr in lrs)  # float32 exp(log)
     lr0 = d.buffer_settings.lr
     assert (lo, hi) == pytest.approx((0.2 * lr0, 5.0 * lr0))  # bounded relative to its start: no collapse
     assert min(lrs) == pytest.approx(lo, rel=1e-3) or max(lrs) == pytest.approx(hi, rel=1e-3)
     d = distiller("mtt", breast, buffers, num_iterations=3)
     assert len({d.step(it)["lr"] for it in range(3)}) == 3  # with the normal step it is learned
+
+
+def test_linear_lr_parameterisation_steps_the_lr_itself_within_bounds(breast, buffers):
+    d = distiller("mtt", breast, buffers, lr_param="linear", lr_lr=1e-5, num_iterations=3)
+    lr0 = d.buffer_settings.lr
+    assert float(d.lr_raw) == pytest.approx(lr0)  # the parameter is the lr, not its log
+    lrs = [d.step(it)["lr"] for it in range(3)]
+    assert len(set(lrs)) == 3 and all(0.2 * lr0 - 1e-9 <= lr <= 5 * lr0 + 1e-9 for lr in lrs)
+    with pytest.raises(ValueError, match="lr_param"):
+        distiller("mtt", breast, buffers, lr_param="cubic")
 
 
 def test_nan_loss_names_method_iteration_and_term(breast, buffers, monkeypatch):
