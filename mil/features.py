@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_distill.components import build_component, factory_from_spec, network_arguments
 from monai_distill.networks import get_network
 from monai_distill.progress import progress_bar
 from monai_distill.utils import atomic_torch_save, atomic_write_json, resolve_device
@@ -77,6 +78,10 @@ class EncoderConfig:
         input_size: patches are resized to this side; ``None``: the size of the first bag encoded.
         mean: per-channel mean subtracted from [0, 1] pixels.
         std: per-channel std the pixels are divided by.
+        definition: the encoder as a definition ``{"_target_": "module.Class", **arguments}`` (the bundle's
+            ``encoder_def``) instead of a registry ``name``, which then only labels it; arguments that depend on the
+            patches (``spatial_dims``, ``in_channels``, ``spatial_size``/``img_size``, ...) are filled in unless set.
+            Its ``embed`` gives the features when it has one, else its ``forward``; ``options`` do not apply.
     """
 
     name: str | None = DEFAULT_ENCODER
@@ -86,6 +91,7 @@ class EncoderConfig:
     input_size: int | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    definition: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.name is None and self.checkpoint is None:
@@ -117,6 +123,8 @@ class EncoderConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.definition is None:  # absent, so that registry encoders keep their cache keys
+            d.pop("definition")
         return d
 
 
@@ -147,7 +155,12 @@ def _load_named(config: EncoderConfig, in_channels: int, input_size: int) -> nn.
     # network whatever ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        net = get_network(config.name, 2, in_channels, 2, input_size, **config.options)
+        if config.definition is not None:
+            factory = factory_from_spec(config.definition, "encoder_def")
+            values = network_arguments(2, in_channels, 2, (input_size, input_size))
+            net = build_component(factory, "encoder_def", values, f"{in_channels}-channel {input_size} px patches")
+        else:
+            net = get_network(config.name, 2, in_channels, 2, input_size, **config.options)
     if config.checkpoint is None:
         return net
     path = config.checkpoint

@@ -57,14 +57,14 @@ def bag_path(output_dir: str | os.PathLike, slide_id: str) -> Path:
     return Path(output_dir) / "bags" / f"{slide_id}.pt"
 
 
-def grid_label(grid: PatchGrid, label_map: dict[str, int] | None = None) -> int:
-    """The slide label of a tiled slide as a class index.
+def grid_label(grid: PatchGrid, label_map: dict[str, int] | None = None, missing: int | None = None) -> int:
+    """The slide label of a tiled slide as a class index (``missing`` for a slide without one, when given).
 
     Raises:
         BagError: no label (a directory of slides was tiled; give a CSV with a label column) or a text label that
             ``label_map`` does not map.
     """
-    return label_index(grid.label, grid.slide_id, label_map, "in its grid")
+    return label_index(grid.label, grid.slide_id, label_map, "in its grid", missing=missing)
 
 
 def option_label_map(value: Any, name: str = "label_map") -> dict[str, int] | None:
@@ -80,7 +80,8 @@ def option_label_map(value: Any, name: str = "label_map") -> dict[str, int] | No
             for k, v in mapping.items()}
 
 
-def label_index(label: Any, slide_id: str, label_map: dict[str, int] | None = None, where: str = "") -> int:
+def label_index(label: Any, slide_id: str, label_map: dict[str, int] | None = None, where: str = "",
+                missing: int | None = None) -> int:
     """A slide label (as a slide list or grid gives it: text or a number) as a class index.
 
     Args:
@@ -88,11 +89,15 @@ def label_index(label: Any, slide_id: str, label_map: dict[str, int] | None = No
         slide_id: the slide, for the message.
         label_map: text label -> class index; without one the label must be a whole number >= 0.
         where: where the label comes from, for the message (e.g. ``"in 'cohort.csv'"``).
+        missing: the class index a slide without a label gets (inference, where labels are not needed); ``None``:
+            a missing label is an error.
 
     Raises:
-        BagError: no label, a text label that ``label_map`` does not map, or not a class index.
+        BagError: no label (and no ``missing``), a text label that ``label_map`` does not map, or not a class index.
     """
     where = f" {where}" if where else ""
+    if (label is None or str(label).strip() == "" or str(label).strip().lower() == "nan") and missing is not None:
+        return int(missing)
     if label is None or str(label).strip() == "":
         raise BagError(
             f"slide '{slide_id}' has no label{where}; tile a CSV slide list with a label column "
@@ -180,6 +185,7 @@ def make_real_bags(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = True,
+    missing_label: int | None = None,
 ) -> BagDirectory:
     """Write one real bag per tiled slide and the bag manifest.
 
@@ -195,6 +201,7 @@ def make_real_bags(
         batch_size: patches read per batch.
         num_workers: ``DataLoader`` worker processes reading patches.
         progress: show a progress bar (only on a terminal).
+        missing_label: class index written for slides without a label (inference); ``None``: such a slide fails.
 
     Returns:
         The written bags (rank 0; other ranks get theirs after every rank finished).
@@ -217,7 +224,7 @@ def make_real_bags(
     def make_one(grid: PatchGrid) -> dict[str, Any]:
         thumbnail = Path(tiling_dir) / "thumbnails" / f"{grid.slide_id}.png"
         extra = {"thumbnail": str(thumbnail.resolve())} if thumbnail.is_file() else {}
-        return _make_one(grid, out, settings, label_map, backend, batch_size, num_workers, extra)
+        return _make_one(grid, out, settings, label_map, backend, batch_size, num_workers, extra, missing_label)
 
     return run_cohort(grids, out, make_one, "real bags", progress)
 
@@ -273,6 +280,7 @@ def _make_one(
     batch_size: int,
     num_workers: int,
     extra_meta: dict[str, Any],
+    missing_label: int | None = None,
 ) -> dict[str, Any]:
     """Write one slide's bag (or skip it when an earlier run made the same one); return its manifest row."""
     start = time.perf_counter()
@@ -280,7 +288,7 @@ def _make_one(
                            "status": FAILED, "seconds": 0.0, "error": "", "split": grid.split or ""}
     path = bag_path(out, grid.slide_id)
     try:
-        label = grid_label(grid, label_map)
+        label = grid_label(grid, label_map, missing_label)
         row["label"] = label
         sub = subsample_grid(grid, settings["max_patches"], settings["seed"])
         fingerprint = bag_fingerprint(sub, label, settings)

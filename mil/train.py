@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,12 +28,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from monai_distill.checks import OptionError
+from monai_distill.components import build_component, component_spec, component_target, factory_from_spec
 from monai_distill.evaluation import classification_metrics
 from monai_distill.progress import progress_bar
 from monai_distill.utils import atomic_path, atomic_torch_save, resolve_device, seed_everything, to_bool
 
 from .bags import Bag, BagError
-from .heads import MILHead, MILOutput, get_mil_head
+from .heads import HEAD_ARGUMENTS, MILHead, MILOutput, get_mil_head
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -42,6 +44,7 @@ __all__ = [
     "Predictions",
     "TrainConfig",
     "TrainResult",
+    "build_head",
     "collate_bags",
     "torch_threads",
 ]
@@ -141,6 +144,45 @@ class MILModel(nn.Module):
         return self.head((x - self.feature_mean) / self.feature_std, mask)
 
 
+def build_head(factory: Callable[..., nn.Module], in_features: int, num_classes: int,
+               entry: str = "head_def") -> MILHead:
+    """A head from a definition (config entry ``head_def``), checked against the trainer's contract.
+
+    ``in_features``/``num_classes`` (:data:`~mil.heads.HEAD_ARGUMENTS`) are filled in unless the definition sets
+    them. One forward pass on a blank bag (global random state untouched, the head's mode restored) checks that it
+    returns a :class:`~mil.heads.MILOutput` with (1, num_classes) logits and has ``loss``: the contract of
+    :class:`~mil.heads.MILHead`, which a user head best subclasses.
+
+    Raises:
+        OptionError: it cannot be built or does not keep the contract.
+    """
+    values = {name: {"in_features": int(in_features), "num_classes": int(num_classes)}[kind]
+              for name, kind in HEAD_ARGUMENTS.items()}
+    head = build_component(factory, entry, values, f"{in_features} features per instance, {num_classes} classes")
+    name = f"--{entry} {component_target(factory)}"
+    contract = ("a head takes (B, N, F) features and a (B, N) mask and returns a mil.heads.MILOutput (logits, "
+                "instance_scores) and has loss(output, labels): subclass mil.heads.MILHead")
+    if not isinstance(head, nn.Module) or not callable(getattr(head, "loss", None)):
+        raise OptionError(f"{name}: built a {type(head).__name__} without loss(); {contract}.")
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            out = head(torch.zeros(1, 3, int(in_features)), torch.ones(1, 3, dtype=torch.bool))
+    except Exception as e:
+        raise OptionError(f"{name}: a forward pass on a blank bag of 3 instances x {in_features} features failed "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); {contract}.") from None
+    finally:
+        head.train(was_training)
+    logits = getattr(out, "logits", None)
+    if not isinstance(out, MILOutput) or not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (
+            1, int(num_classes)):
+        found = f"logits of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(out).__name__
+        raise OptionError(f"{name}: returned {found} for one bag; expected a MILOutput with logits (1, {num_classes})"
+                          f" for {num_classes} classes; {contract}.")
+    return head
+
+
 def collate_bags(bags: Sequence[Bag]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad feature bags to the longest: ``x`` (B, N, F), ``mask`` (B, N) bool, ``labels`` (B,) long."""
     if any(b.features is None for b in bags):
@@ -217,7 +259,9 @@ class MILTrainer:
     """Train and evaluate one MIL head on feature bags.
 
     Args:
-        model: head name (``clam_sb``, ``clam_mb``, ``dsmil``, ``transmil``, ``abmil``, ``mean``, ``max``).
+        model: head name (``clam_sb``, ``clam_mb``, ``dsmil``, ``transmil``, ``abmil``, ``mean``, ``max``), or a head
+            definition (a class or ``functools.partial``, the bundle's ``head_def``; see :func:`build_head`), whose
+            ``_target_`` and arguments the checkpoint records.
         in_features: feature size F.
         num_classes: number of slide classes.
         head_options: head hyper-parameters (see each head class).
@@ -226,7 +270,7 @@ class MILTrainer:
 
     def __init__(
         self,
-        model: str,
+        model: str | Callable[..., nn.Module],
         in_features: int,
         num_classes: int,
         head_options: dict[str, Any] | None = None,
@@ -235,13 +279,17 @@ class MILTrainer:
     ) -> None:
         base = asdict(config) if config is not None else {}
         self.config = TrainConfig(**{**base, **overrides})
-        self.model_name = str(model).lower()
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.head_options = dict(head_options or {})
+        self.head_def = None if isinstance(model, str) else model
+        self.model_name = str(model).lower() if self.head_def is None else component_target(self.head_def)
         self.device = resolve_device(self.config.device)
         self.amp = self.config.amp and self.device.type == "cuda"
         seed_everything(self.config.seed)
-        head = get_mil_head(self.model_name, self.in_features, self.num_classes, **self.head_options)
+        if self.head_def is None:
+            head = get_mil_head(self.model_name, self.in_features, self.num_classes, **self.head_options)
+        else:
+            head = build_head(self.head_def, self.in_features, self.num_classes)
         self.model = MILModel(head, self.in_features).to(self.device)
 
     # ------------------------------------------------------------------ steps
@@ -366,6 +414,7 @@ class MILTrainer:
             "in_features": self.in_features,
             "num_classes": self.num_classes,
             "head_options": self.head_options,
+            "head_def": None if self.head_def is None else component_spec(self.head_def),
             "train_config": asdict(self.config),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "extra": extra or {},
@@ -375,11 +424,14 @@ class MILTrainer:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **overrides: Any) -> tuple[MILTrainer, dict[str, Any]]:
+    def load(cls, path: str | os.PathLike, head_def: Callable[..., nn.Module] | None = None,
+             **overrides: Any) -> tuple[MILTrainer, dict[str, Any]]:
         """A trainer holding the head of a checkpoint written by :meth:`save`, and the checkpoint's ``extra``.
 
         Args:
             path: the checkpoint.
+            head_def: the head definition to load the weights into; default: the registry head, or the definition the
+                checkpoint records (its ``_target_`` must be importable).
             overrides: training settings to replace (``device``, ``num_threads``, ``amp``, ...).
 
         Raises:
@@ -400,10 +452,15 @@ class MILTrainer:
                 f"'{path}' has checkpoint format {state['format_version']}; this version reads {CHECKPOINT_VERSION}."
             )
         config = TrainConfig(**{**state.get("train_config", {}), **overrides})
-        trainer = cls(state["model"], state["in_features"], state["num_classes"], state.get("head_options"), config)
+        model: str | Callable[..., nn.Module] = state["model"]
+        if head_def is not None:
+            model = head_def
+        elif state.get("head_def"):
+            model = factory_from_spec(state["head_def"], f"head_def (recorded in '{path}')")
+        trainer = cls(model, state["in_features"], state["num_classes"], state.get("head_options"), config)
         try:
             trainer.model.load_state_dict(state["state_dict"])
         except RuntimeError as e:
-            raise ValueError(f"'{path}': weights do not fit head '{state['model']}': {e}") from e
+            raise ValueError(f"'{path}': weights do not fit head '{trainer.model_name}': {e}") from e
         trainer.model.to(trainer.device)
         return trainer, state.get("extra", {})

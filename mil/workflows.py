@@ -33,6 +33,14 @@ import pandas as pd
 from torch.utils.data import Subset
 
 from monai_distill.checks import OptionError, option_bool, option_choice, option_dict, option_float, option_int
+from monai_distill.components import (
+    RegistryNetwork,
+    as_factory,
+    component_label,
+    component_spec,
+    component_target,
+    registry_parts,
+)
 from monai_distill.networks import NETWORKS
 from monai_distill.runs import guarded_run, refuse_multiprocess_without_config
 from monai_distill.utils import atomic_path, atomic_write_json, check_output_dir, resolve_device
@@ -44,28 +52,47 @@ from wsi.workflows import TilingWorkflow
 
 from .bags import Bag, BagDirectory, BagError
 from .features import EncoderConfig, FeatureExtractor
-from .heads import MIL_HEADS, get_mil_head
+from .heads import MIL_HEADS, RegistryHead, get_mil_head
 from .heatmap import save_attention_heatmap
 from .real_bags import label_index, make_real_bags, option_label_map
-from .train import MILTrainer, Predictions, TrainConfig, TrainResult, torch_threads
+from .train import MILTrainer, Predictions, TrainConfig, TrainResult, build_head, torch_threads
 
-__all__ = ["MILEvaluateWorkflow", "MILTrainWorkflow", "real_test_bags", "stratified_split"]
+__all__ = ["MILEvaluateWorkflow", "MILInferenceWorkflow", "MILTrainWorkflow", "real_test_bags", "stratified_split"]
 
 logger = logging.getLogger(__name__)
 
 # What a finished run leaves; a failed run's copies are moved to output_dir/failed/ (monai_distill.runs).
 TRAIN_ARTEFACTS = ("model.pt", "metrics.json", "predictions.csv", "history.csv", "heatmaps")
 EVALUATE_ARTEFACTS = ("metrics.json", "predictions.csv", "checkpoint_info.json", "heatmaps")
+INFERENCE_ARTEFACTS = ("predictions.csv", "inference.json", "checkpoint_info.json", "heatmaps")
 
 
-def _encoder_config(name: Any, options: Any, checkpoint: Any, seed: Any, input_size: Any) -> EncoderConfig:
-    """The frozen encoder of the bundle options, each checked (name, options, checkpoint file, seed, size)."""
+def _encoder_definition(factory: Any) -> dict[str, Any]:
+    """``encoder_def`` as the JSON definition the checkpoint and the feature-cache key record (and evaluation builds
+    again), refusing arguments that JSON cannot hold."""
+    spec = component_spec(factory)
+    keywords = dict(getattr(factory, "keywords", None) or {})
+    try:
+        json.dumps(keywords)
+    except TypeError:
+        raise OptionError(f"--encoder_def {spec['_target_']}: its arguments {keywords} must be JSON values (numbers, "
+                          "text, lists, dicts): the definition is recorded in model.pt and the feature-cache key."
+                          ) from None
+    return spec
+
+
+def _encoder_config(name: Any, options: Any, checkpoint: Any, seed: Any, input_size: Any,
+                    definition: dict[str, Any] | None = None) -> EncoderConfig:
+    """The frozen encoder of the bundle options, each checked (name, options, checkpoint file, seed, size); with a
+    ``definition`` (``encoder_def``) the name is its label and ``encoder_options`` do not apply."""
+    if definition is not None:
+        name, options = name, {}
     name = None if name in (None, "", "none", "None") else str(name).lower()
     checkpoint = None if checkpoint in (None, "") else str(checkpoint)
     if name is None and checkpoint is None:
         raise OptionError("--encoder must be a network name (" + ", ".join(NETWORKS.names()) + ") or, with no name, "
                           "--encoder_checkpoint a whole program (.pt2 or TorchScript); got neither.")
-    if name is not None and name not in NETWORKS:
+    if name is not None and name not in NETWORKS and definition is None:
         raise OptionError(f"--encoder must be one of {', '.join(NETWORKS.names())}; got {name!r}.")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise OptionError(f"--encoder_checkpoint: file '{checkpoint}' does not exist.")
@@ -73,6 +100,8 @@ def _encoder_config(name: Any, options: Any, checkpoint: Any, seed: Any, input_s
                            "input_size": option_int(input_size, "input_size", minimum=8, allow_none=True)}
     if options is not None:
         enc["options"] = option_dict(options, "encoder_options")
+    if definition is not None:
+        enc["definition"] = definition
     return EncoderConfig.from_any(enc)
 
 
@@ -89,6 +118,7 @@ def real_test_bags(
     label_map: dict[str, int] | None = None,
     tiling: dict[str, Any] | None = None,
     progress: bool = True,
+    missing_label: int | None = None,
 ) -> Sequence[Bag]:
     """The real bags of the held-out slides (see the module doc for the accepted inputs), loaded lazily.
 
@@ -101,6 +131,7 @@ def real_test_bags(
         label_map: text label -> class index.
         tiling: :class:`wsi.workflows.TilingWorkflow` arguments for slide inputs (patch_size, level, mpp, ...).
         progress: progress bars.
+        missing_label: class index given to slides without a label (inference); ``None``: they fail.
 
     Raises:
         FileNotFoundError: ``test_slides`` does not exist.
@@ -129,7 +160,7 @@ def real_test_bags(
             tiling_dir = work / "tiling"
             TilingWorkflow(records, tiling_dir, progress=progress, **(tiling or {})).run()
         bags = make_real_bags(tiling_dir, work, split=split, max_patches=max_patches, seed=seed, label_map=label_map,
-                              progress=progress)
+                              progress=progress, missing_label=missing_label)
     if len(bags) == 0:
         raise BagError(f"no real test bag from '{path}' (split={split!r}).")
     return bags
@@ -244,6 +275,9 @@ def _json_clean(value: Any) -> Any:
 class _MILWorkflowBase:
     """Options and steps shared by training and evaluation: held-out slides, features, outputs."""
 
+    # Class index of held-out slides without a label; None: a label is required (training and evaluation need one).
+    missing_label: int | None = None
+
     def __init__(
         self,
         test_slides: str | os.PathLike,
@@ -307,7 +341,7 @@ class _MILWorkflowBase:
 
     def _test_bags(self, reference: dict[str, Any]) -> Sequence[Bag]:
         return real_test_bags(self.test_slides, self.test_bags_dir, self.test_split, self.max_test_patches, self.seed,
-                              self.label_map, self._tiling_options(reference), self.progress)
+                              self.label_map, self._tiling_options(reference), self.progress, self.missing_label)
 
     def _scan_test(self, reference: dict[str, Any]) -> _Scan:
         """Ids, labels and patch size of the held-out slides, from the bags, grids or slide list alone (nothing is
@@ -329,14 +363,16 @@ class _MILWorkflowBase:
                              {k: v for k, v in scan.feature_dims.items() if k in set(ids)}, scan.meta)
         elif path.is_dir() and (path / "coords").is_dir():
             grids = [g for g in load_grids(path) if split is None or g.split == split]
-            labels = [label_index(g.label, g.slide_id, self.label_map, f"in '{path}'") for g in grids]
+            labels = [label_index(g.label, g.slide_id, self.label_map, f"in '{path}'", self.missing_label)
+                      for g in grids]
             size = int(grids[0].spec.patch_size) if grids else 0
             scan = _Scan(where, [g.slide_id for g in grids], labels, (3, size, size))
         else:
             records = list_slides(path)
             check_slide_files(records, path, "test_slides")
             records = [r for r in records if split is None or r.split == split]
-            labels = [label_index(r.label, r.slide_id, self.label_map, f"in '{path}'") for r in records]
+            labels = [label_index(r.label, r.slide_id, self.label_map, f"in '{path}'", self.missing_label)
+                      for r in records]
             size = int(self._tiling_options(reference)["patch_size"])
             scan = _Scan(where, [r.slide_id for r in records], labels, (3, size, size))
         if not scan.slide_ids:
@@ -349,8 +385,10 @@ class _MILWorkflowBase:
             extractor.setup(patch_shape[0], patch_shape[-1])
         except (TypeError, ValueError, KeyError, RuntimeError) as e:
             cfg = extractor.config
-            raise OptionError(f"--encoder {cfg.name} --encoder_options {cfg.options}: cannot build the encoder for "
-                              f"{patch_shape[0]}-channel {patch_shape[-1]} px patches: {e}") from e
+            which = (f"--encoder_def {cfg.definition['_target_']}" if cfg.definition else
+                     f"--encoder {cfg.name} --encoder_options {cfg.options}")
+            raise OptionError(f"{which}: cannot build the encoder for {patch_shape[0]}-channel {patch_shape[-1]} px "
+                              f"patches: {e}") from e
 
     def _extractor(self, encoder: EncoderConfig) -> FeatureExtractor:
         return FeatureExtractor(encoder, self.feature_cache, self.feature_batch_size, self.device, self.amp,
@@ -420,9 +458,10 @@ class MILTrainWorkflow(_MILWorkflowBase):
         train_bags: bag directory (real or synthetic bags; ``DIR/<slide_id>.pt`` or ``DIR/bags/``, optional manifest).
         test_slides: held-out slides (see the module doc).
         output_dir: results directory.
-        model: head name: clam_sb, clam_mb, dsmil, transmil, abmil, mean, max.
-        head_options: head hyper-parameters.
-        encoder: factory network name of the frozen encoder (``None`` with a TorchScript ``encoder_checkpoint``).
+        model: head name: clam_sb, clam_mb, dsmil, transmil, abmil, mean, max (shortcut of ``head_def``).
+        head_options: hyper-parameters of the registry head ``model``.
+        encoder: factory network name of the frozen encoder (``None`` with a TorchScript ``encoder_checkpoint``;
+            shortcut of ``encoder_def``).
         encoder_options: its options (width, norm, ...).
         encoder_checkpoint: state dict (of ``encoder``) or TorchScript file; ``None``: random weights.
         encoder_seed: seed of random encoder weights.
@@ -437,6 +476,13 @@ class MILTrainWorkflow(_MILWorkflowBase):
         standardize: standardise features with the training instances' statistics.
         num_classes: number of classes (``None``: 1 + the largest label seen, at least 2).
         allow_overlap: allow slides that are both in training and test (otherwise an error: leakage).
+        head_def: the MIL head as a definition (config entry ``head_def``: a class or ``functools.partial`` of one,
+            e.g. MONAI's ``"_mode_": "callable"``), replacing ``model``/``head_options``; ``in_features`` and
+            ``num_classes`` are filled in unless it sets them, and it keeps :class:`~mil.heads.MILHead`'s contract
+            (checked on a blank bag). :class:`~mil.heads.RegistryHead` (the bundle default) means ``model``.
+        encoder_def: the frozen encoder as a definition (config entry ``encoder_def``), replacing ``encoder``/
+            ``encoder_options``; its arguments must be JSON values (recorded in ``model.pt`` and the cache key).
+            :class:`~monai_distill.components.RegistryNetwork` (the bundle default) means ``encoder``.
         **kwargs: options of the held-out side and features (see :class:`_MILWorkflowBase`: ``feature_cache``,
             ``device``, ``amp``, ``num_threads``, ``seed``, ``test_split``, ``max_test_patches``, tiling options,
             ``n_heatmaps``, ``progress``).
@@ -464,18 +510,43 @@ class MILTrainWorkflow(_MILWorkflowBase):
         standardize: bool = True,
         num_classes: int | None = None,
         allow_overlap: bool = False,
+        head_def: Any = None,
+        encoder_def: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(test_slides, output_dir, **kwargs)
         self.train_bags = Path(train_bags)
-        self.model: str = option_choice(model, "model", MIL_HEADS.names())  # type: ignore[assignment]
-        self.head_options = option_dict(head_options, "head_options")
         self.num_classes = option_int(num_classes, "num_classes", minimum=2, allow_none=True)
-        try:  # a tiny head with these options: a misspelt option fails now, not after feature extraction
-            get_mil_head(self.model, 8, self.num_classes or 2, **self.head_options)
-        except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as e:
-            raise OptionError(f"--head_options {self.head_options}: not valid for head '{self.model}' ({e}).") from e
-        self.encoder = _encoder_config(encoder, encoder_options, encoder_checkpoint, encoder_seed, input_size)
+        # The bundle defaults (RegistryHead(@model), RegistryNetwork(@encoder)) mean the flat flags.
+        self.head_def = as_factory(head_def, "head_def")
+        registry = registry_parts(self.head_def, RegistryHead)  # --head_def#hidden_dim 64 on the default: options
+        if registry is not None:
+            model, self.head_def = registry[0], None
+            head_options = {**option_dict(head_options, "head_options"), **registry[1]}
+        self.head_options = option_dict(head_options, "head_options")
+        if self.head_def is None:
+            self.model: str = option_choice(model, "model", MIL_HEADS.names())  # type: ignore[assignment]
+            try:  # a tiny head with these options: a misspelt option fails now, not after feature extraction
+                get_mil_head(self.model, 8, self.num_classes or 2, **self.head_options)
+            except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as e:
+                raise OptionError(f"--head_options {self.head_options}: not valid for head '{self.model}' ({e})."
+                                  ) from e
+        else:
+            if self.head_options:
+                raise OptionError(f"--head_options {self.head_options} apply to the registry heads (--model); put the "
+                                  "arguments of --head_def into its definition (e.g. --head_def#hidden_dim 64).")
+            self.model = component_target(self.head_def)
+            build_head(self.head_def, 8, self.num_classes or 2)  # a head that breaks the contract fails now
+        encoder_factory = as_factory(encoder_def, "encoder_def")
+        definition = None
+        registry = registry_parts(encoder_factory, RegistryNetwork)  # --encoder_def#width 32: encoder options
+        if registry is not None:
+            encoder = registry[0]
+            encoder_options = {**option_dict(encoder_options, "encoder_options"), **registry[1]}
+        elif encoder_factory is not None:
+            definition, encoder = _encoder_definition(encoder_factory), component_label(encoder_factory)
+        self.encoder = _encoder_config(encoder, encoder_options, encoder_checkpoint, encoder_seed, input_size,
+                                       definition)
         self.train_config = TrainConfig(
             epochs=option_int(epochs, "epochs", minimum=1),  # type: ignore[arg-type]
             lr=option_float(lr, "lr", minimum=0, min_inclusive=False),  # type: ignore[arg-type]
@@ -537,7 +608,8 @@ class MILTrainWorkflow(_MILWorkflowBase):
         feature_seconds = time.perf_counter() - start
         train_f, val_f = stratified_split(feats["train"], self.val_fraction, self.seed)
         in_features = feats["train"][0].features.shape[1]  # type: ignore[union-attr]
-        trainer = MILTrainer(self.model, in_features, num_classes, self.head_options, self.train_config)
+        trainer = MILTrainer(self.head_def or self.model, in_features, num_classes, self.head_options,
+                             self.train_config)
         result = trainer.fit(train_f, val_f)
         self._write_history(result)
         train_m = trainer.predict(train_f).metrics()
@@ -605,30 +677,42 @@ class MILEvaluateWorkflow(_MILWorkflowBase):
         checkpoint: the head checkpoint.
         test_slides: held-out slides (see the module doc).
         output_dir: results directory.
+        head_def: the head definition to load the weights into (config entry ``head_def``); ``None``: the head the
+            checkpoint records (a registry name, or a definition whose ``_target_`` must be importable).
         **kwargs: see :class:`_MILWorkflowBase`.
     """
 
+    ARTEFACTS = EVALUATE_ARTEFACTS
+
     def __init__(
         self, checkpoint: str | os.PathLike, test_slides: str | os.PathLike, output_dir: str | os.PathLike,
-        **kwargs: Any,
+        head_def: Any = None, **kwargs: Any,
     ) -> None:
         super().__init__(test_slides, output_dir, **kwargs)
         self.checkpoint = Path(checkpoint)
+        self.head_def = as_factory(head_def, "head_def")
 
     def run(self) -> dict[str, Any]:
         """Evaluate; returns the metrics (rank 0; other ranks return ``{}``). Locked and recorded like training."""
         refuse_multiprocess_without_config("mil_slide_classification")
-        with guarded_run(self.output_dir, EVALUATE_ARTEFACTS, {"workflow": "mil_slide_classification evaluate"}), \
+        kind = type(self).__name__.removeprefix("MIL").removesuffix("Workflow").lower()
+        with guarded_run(self.output_dir, self.ARTEFACTS, {"workflow": f"mil_slide_classification {kind}"}), \
                 torch_threads(self.num_threads):
             check_output_dir(self.output_dir)
             return self._run()
 
-    def _run(self) -> dict[str, Any]:
+    def _load_head(self) -> tuple[MILTrainer, dict[str, Any]]:
+        """The trained head of ``checkpoint`` (into ``head_def`` when given) and the checkpoint's ``extra``."""
         overrides = {"device": self.device, "amp": self.amp, "num_threads": self.num_threads, "progress": self.progress}
         try:
-            trainer, extra = MILTrainer.load(self.checkpoint, **overrides)
+            return MILTrainer.load(self.checkpoint, head_def=self.head_def, **overrides)
+        except OptionError:
+            raise
         except (FileNotFoundError, ValueError) as e:
             raise type(e)(f"--checkpoint: {e}") from e
+
+    def _run(self) -> dict[str, Any]:
+        trainer, extra = self._load_head()
         if "encoder" not in extra:
             raise ValueError(f"--checkpoint '{self.checkpoint}' records no encoder; it was not written by "
                              "MILTrainWorkflow (the mil_slide_classification train.json).")
@@ -658,3 +742,33 @@ class MILEvaluateWorkflow(_MILWorkflowBase):
                    "test_slides": str(self.test_slides)}
         atomic_write_json(json.loads(json.dumps(extra, default=str)), self.output_dir / "checkpoint_info.json")
         return self._write_outputs(trainer, feats["test"], metrics)
+
+
+class MILInferenceWorkflow(MILEvaluateWorkflow):
+    """Predict held-out slides with a trained head (``model.pt``): ``inference.json`` of the bundle.
+
+    The same path as :class:`MILEvaluateWorkflow` (encoder recorded in the checkpoint, tiling like the training
+    patches, feature cache), but slide labels are not needed: a directory of slides, a CSV with empty labels or a
+    tiling output of unlabelled slides is predicted as it is. Writes ``predictions.csv`` (``slide_id, source, pred,
+    prob_0, ...``), ``heatmaps/`` and ``inference.json`` (what was predicted with what); no metrics.
+
+    Args: as :class:`MILEvaluateWorkflow`.
+    """
+
+    ARTEFACTS = INFERENCE_ARTEFACTS
+    # Slides without a label get class 0 inside the bags (never reported: predictions.csv has no label column).
+    missing_label = 0
+
+    def _write_outputs(self, trainer: MILTrainer, test: list[Bag], metrics: dict[str, Any]) -> dict[str, Any]:
+        preds = trainer.predict(test)
+        with atomic_path(self.output_dir / "predictions.csv") as tmp:
+            preds.table().drop(columns=["label"]).to_csv(tmp, index=False)
+        keep = ("checkpoint", "encoder", "device", "amp", "seed", "test_slides", "train_source")
+        info = {"status": "finished", "model": trainer.model_name, "num_classes": trainer.num_classes,
+                "n_slides": len(test), **{k: metrics.get(k) for k in keep},
+                "predicted_classes": {str(c): int((preds.preds == c).sum()) for c in range(trainer.num_classes)},
+                "heatmaps": self._heatmaps(test, preds)}
+        info = _json_clean(info)
+        atomic_write_json(info, self.output_dir / "inference.json")
+        logger.info("%s: predicted %d slide(s) -> %s", trainer.model_name, len(test), self.output_dir)
+        return info

@@ -29,11 +29,14 @@ from .progress import progress_bar
 from .utils import inference_batch_size
 
 __all__ = ["EvalResult", "class_prior", "classification_metrics", "evaluate_models", "evaluate_synthetic",
-           "map_batches", "predict", "prior_shift", "train_network"]
+           "map_batches", "predict", "prior_shift", "protocol_optimizer", "train_network"]
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, int], None]
 EpochHook = Callable[[int, torch.nn.Module], None]
 OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
+# An optimiser definition without its parameters (``functools.partial(torch.optim.Adam, weight_decay=...)``):
+# called as ``optimizer(params, lr=lr)``, where an ``lr`` the definition sets itself wins.
+OptimizerDefinition = Callable[..., torch.optim.Optimizer]
 
 
 def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -49,6 +52,16 @@ def _recompute_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     net.zero_grad(set_to_none=True)
     loss.backward()
     return loss
+
+
+def protocol_optimizer(optimizer: OptimizerDefinition, lr: float, net: torch.nn.Module) -> torch.optim.Optimizer:
+    """``optimizer(net.parameters(), lr=lr)``; a definition that sets its own ``lr`` keeps it.
+
+    With ``functools.partial(protocol_optimizer, optimizer, lr)`` it is a ``make_optimizer`` of
+    :func:`train_network` (the evaluation protocol's ``eval_optimizer_def``).
+    """
+    bound = getattr(optimizer, "keywords", None) or {}
+    return optimizer(net.parameters(), **({} if "lr" in bound else {"lr": lr}))
 
 
 def train_network(
@@ -280,6 +293,7 @@ def evaluate_models(
     target_prior: torch.Tensor | None = None,
     val: RealDataset | None = None,
     select_metric: str = "balanced_acc",
+    optimizer: OptimizerDefinition | None = None,
 ) -> EvalResult:
     """Train ``num_models`` fresh ``arch`` networks on ``images``/``labels`` and test each on ``test``.
 
@@ -305,6 +319,9 @@ def evaluate_models(
             weights of its best epoch (by ``select_metric``, ties to the earlier) are the ones tested. Used for the
             full-data bound, as MedMNIST's own baselines select on val; the test split is never used to choose.
         select_metric: ``balanced_acc``, ``auc`` or ``acc`` of :func:`classification_metrics` on ``val``.
+        optimizer: the optimiser of each network instead of the protocol's SGD (see :func:`protocol_optimizer`;
+            ``lr`` is the set's learned lr or ``preset.eval_lr`` unless the definition sets it); the lr decay at half
+            of the epochs stays.
     """
     epochs = int(epochs or preset.eval_epochs)
     k_total = int(num_models or preset.eval_models)
@@ -317,6 +334,7 @@ def evaluate_models(
     shift = None if target_prior is None else prior_shift(class_prior(labels, test.num_classes), target_prior)
     rank, world = _rank_world()
     augment = DiffAugment(preset.dsa_strategy) if preset.dsa else None
+    make_optimizer = None if optimizer is None else partial(protocol_optimizer, optimizer, lr)
     start = time.perf_counter()
     mine: dict[int, dict[str, float]] = {}
     bar = progress_bar(
@@ -341,7 +359,7 @@ def evaluate_models(
         gen = torch.Generator().manual_seed(model_seed)
         selector = None if val is None else _ValSelector(val, device, select_metric)
         train_network(net, images, labels, epochs, lr, preset, gen, device, augment=augment, progress=bar,
-                      on_epoch=selector)
+                      on_epoch=selector, make_optimizer=make_optimizer)
         extra = selector.restore_best(net) if selector is not None else {}
         mine[k] = {**classification_metrics(predict(net, test.images, device), test.labels, shift), **extra}
     bar.close()

@@ -51,6 +51,7 @@ __all__ = [
     "cli_main",
     "error_message",
     "guarded_run",
+    "one_line_errors",
     "read_status",
     "refuse_multiprocess_without_config",
     "run_status",
@@ -440,6 +441,52 @@ def cli_main(factory: Callable[[], Any]) -> Any:
         built = isinstance(factory, type) or not hasattr(factory, "run")
         workflow = factory() if built else factory
         return workflow.run()
+
+
+def _config_entry(tb: Any) -> str | None:
+    """The id of the innermost config item MONAI was building when the error was raised (e.g. ``network_def``)."""
+    from monai.bundle.config_item import ConfigItem
+
+    entry = None
+    for frame, _ in traceback.walk_tb(tb):
+        item = frame.f_locals.get("self")
+        if isinstance(item, ConfigItem):
+            entry = item.get_id()
+    return entry
+
+
+def one_line_errors() -> None:
+    """The first ``initialize`` step of the bundles: an error MONAI raises while it builds a config entry (a
+    ``_target_`` that cannot be imported, arguments a class refuses) ends like :func:`cli_main`'s errors, with
+    ``monai-distill: error: config entry '<id>': <message>`` as the last line and exit code 1.
+
+    Config entries (``network_def``, ``head_def``, ...) are resolved by MONAI's ``ConfigParser`` before
+    :func:`cli_main` receives the workflow, so their errors would otherwise end in MONAI's traceback. This sets
+    ``sys.excepthook`` for the rest of the process (the traceback is logged at DEBUG level; with
+    ``$MONAI_DISTILL_TRACEBACK=1`` it is printed as usual). Calling it again changes nothing.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_monai_distill", False):
+        return
+
+    def hook(exc_type: type[BaseException], error: BaseException, tb: Any) -> None:
+        wanted = os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes")
+        if wanted or not isinstance(error, Exception):
+            previous(exc_type, error, tb)
+            return
+        logger.debug("config entry failed", exc_info=(exc_type, error, tb))
+        entry = _config_entry(tb)
+        message = error_message(error)
+        if isinstance(error, ImportError):
+            message = message.rstrip(".") + "; is its module importable from the current directory or PYTHONPATH?"
+        line = f"monai-distill: error: {f'config entry {entry!r}: ' if entry else ''}{message}"
+        _record_for_torchrun(line)
+        sys.stdout.flush()
+        print(line, file=sys.stderr)
+        sys.stderr.flush()
+
+    hook._monai_distill = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def cli_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

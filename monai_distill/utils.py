@@ -63,6 +63,26 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.family} '{name}'; valid names: {', '.join(self.names())}.")
         return self._entries[key]
 
+    @contextmanager
+    def registered(self, name: str, obj: T) -> Iterator[str]:
+        """``obj`` under ``name`` for the duration of the block, then the table as it was (an entry the name held
+        before comes back). Used for what one run's config defines, e.g. a network given as ``network_def``.
+
+        Yields:
+            The registered key (``name`` in lower case).
+        """
+        key = name.lower()
+        missing = object()
+        previous = self._entries.get(key, missing)
+        self._entries[key] = obj
+        try:
+            yield key
+        finally:
+            if previous is missing:
+                self._entries.pop(key, None)
+            else:
+                self._entries[key] = previous  # type: ignore[assignment]
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

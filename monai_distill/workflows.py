@@ -34,9 +34,19 @@ from .checks import (
     option_int,
     option_str,
 )
+from .components import (
+    ProtocolSGD,
+    RegistryNetwork,
+    as_factory,
+    check_network,
+    check_optimizer,
+    component_label,
+    component_spec,
+    registered_networks,
+)
 from .data import RealDataset, SyntheticSet, load_dataset
 from .data.medmnist import MEDMNIST_SIZES, medmnist_info, medmnist_path
-from .evaluation import EvalResult, class_prior, evaluate_models, evaluate_synthetic
+from .evaluation import EvalResult, OptimizerDefinition, class_prior, evaluate_models, evaluate_synthetic
 from .methods import DistillConfig, Distiller, get_method
 from .networks import NETWORKS, get_network
 from .plotting import line_plot
@@ -61,6 +71,10 @@ INTERRUPT_ENV = "MONAI_DISTILL_INTERRUPT_AT"
 CHECKPOINT_VERSION = 1
 
 logger = logging.getLogger("monai_distill")
+
+# Methods that use the network's embed() (penultimate features), and the option that switches that use on (None:
+# always). The others need only forward(), so any classifier given as network_def works with them.
+EMBED_METHODS: dict[str, str | None] = {"herding": None, "dm": None, "ptm": "overlap"}
 
 
 def is_main_process() -> bool:
@@ -132,6 +146,11 @@ class _Workflow:
         eval_epochs: epochs of the evaluation protocol (overrides the preset).
         preset_overrides: further preset fields to override.
         progress: show progress bars.
+        eval_network_def: factory of the evaluation networks (config entry ``eval_network_def``, e.g. MONAI's
+            ``ConfigParser`` partial of ``"_mode_": "callable"``); ``None``: the registry network of the flat flag.
+            Data-dependent arguments it leaves unset are filled in (see :mod:`monai_distill.components`).
+        eval_optimizer_def: optimiser of the evaluation networks without its params (``torch.optim.Adam`` partial);
+            ``None``: the protocol's SGD (momentum, weight decay of the preset).
     """
 
     def __init__(
@@ -147,6 +166,8 @@ class _Workflow:
         eval_epochs: int | None = None,
         preset_overrides: dict[str, Any] | None = None,
         progress: bool = True,
+        eval_network_def: Any = None,
+        eval_optimizer_def: Any = None,
     ) -> None:
         # Every option is checked here, before any data is read or time is spent (names, types, ranges); the
         # errors name the option. Files are checked last, by _check_dataset.
@@ -163,6 +184,33 @@ class _Workflow:
         self.preset_overrides = _check_preset_overrides(self.preset_name, option_dict(preset_overrides,
                                                                                       "preset_overrides"))
         self.progress = option_bool(progress, "progress")
+        # The bundle defaults (RegistryNetwork of the flat flag, ProtocolSGD) mean "as without these entries".
+        self.eval_network_def = as_factory(eval_network_def, "eval_network_def")
+        self.eval_registry_name: str | None = None
+        if isinstance(self.eval_network_def, RegistryNetwork):
+            self.eval_registry_name, self.eval_network_def = self.eval_network_def.name, None
+        optimizer = as_factory(eval_optimizer_def, "eval_optimizer_def")
+        self.eval_optimizer_def: OptimizerDefinition | None = None if isinstance(optimizer, ProtocolSGD) else optimizer
+        if self.eval_optimizer_def is not None:
+            check_optimizer(self.eval_optimizer_def, "eval_optimizer_def")
+        # label -> (factory, config entry) of the networks the config defines; registered while the workflow runs.
+        self._definitions: dict[str, tuple[Any, str]] = {}
+
+    def _define(self, factory: Any, entry: str) -> str:
+        """The registry label of a defined network (registered by :meth:`_components` while the workflow runs)."""
+        label = component_label(factory)
+        self._definitions.setdefault(label, (factory, entry))  # one definition for both entries: registered once
+        return label
+
+    def _components(self) -> Any:
+        """Context of a run: the networks the config defines, registered under their labels."""
+        return registered_networks(self._definitions)
+
+    def _component_specs(self) -> dict[str, Any]:
+        """The config-defined components as JSON (recorded in metrics.json); empty with the registry defaults."""
+        defined = {"network_def": getattr(self, "network_def", None), "eval_network_def": self.eval_network_def,
+                   "eval_optimizer_def": self.eval_optimizer_def}
+        return {entry: component_spec(factory) for entry, factory in defined.items() if factory is not None}
 
     def _check_dataset(self) -> None:
         """``--dataset`` exists: a readable ``.npz``/``.csv``, or a known MedMNIST flag whose file (at ``--size``,
@@ -190,10 +238,15 @@ class _Workflow:
                 )
             medmnist_path(self.dataset, self.dataset_dir, self.size)
 
-    @staticmethod
-    def _check_network(arch: str, option: str, ds: RealDataset, preset: Preset) -> None:
+    def _check_network(self, arch: str, option: str, ds: RealDataset, preset: Preset,
+                       embed_for: str | None = None) -> None:
         """Build ``arch`` once for the data (cheap) so that an architecture that cannot take these images fails now,
-        not after distillation."""
+        not after distillation. A config-defined network is first built apart and run once on blank images (its
+        output must be one logit per class; ``embed_for`` names a method that also needs ``embed``), with the
+        global random state left as it was, so that the run matches a registry network's bit for bit."""
+        if arch in self._definitions:
+            self._check_definition(arch, ds, embed_for)
+            option = self._definitions[arch][1]
         try:
             get_network(arch, ds.spatial_dims, ds.in_channels, ds.num_classes, ds.spatial_size, width=preset.width,
                         depth=preset.depth, norm=preset.norm)
@@ -202,6 +255,12 @@ class _Workflow:
                 f"--{option} {arch} cannot take the images of '{ds.source or ds.name}' (shape "
                 f"{(ds.in_channels, *ds.spatial_size)}): {' '.join(str(e).split())}"
             ) from None
+
+    def _check_definition(self, label: str, ds: RealDataset, embed_for: str | None = None) -> None:
+        """:func:`~monai_distill.components.check_network` for a config-defined network (no change to the RNG)."""
+        factory, entry = self._definitions[label]
+        check_network(factory, entry, ds.spatial_dims, ds.in_channels, ds.num_classes, ds.spatial_size,
+                      embed_for=embed_for)
 
     @staticmethod
     def _check_split(ds: RealDataset) -> None:
@@ -294,8 +353,12 @@ class DistillWorkflow(_Workflow):
         method: registered method name.
         ipc: images per class.
         size: MedMNIST image size (28, 64, 128, 224).
-        arch: network used inside the method.
-        eval_arch: network of the evaluation protocol (default ``arch``).
+        arch: registry network used inside the method (shortcut of ``network_def``).
+        eval_arch: registry network of the evaluation protocol (default: the method's network).
+        network_def: factory of the network used inside the method (config entry ``network_def``: a MONAI
+            ``"_mode_": "callable"`` definition, a class or ``'module.Class'``); replaces ``arch``. Data-dependent
+            arguments it leaves unset are filled in; herding, DM and PTM's overlap term also need ``embed`` and
+            ``classifier`` (:class:`~monai_distill.networks.DistillNet`).
         method_options: method-specific settings, merged over ``configs/<dataset>.json`` (see
             :func:`~monai_distill.presets.method_settings`).
         resume: continue from ``output_dir/checkpoint.pt`` (iterative methods); the final ``synthetic.pt`` is the
@@ -305,7 +368,7 @@ class DistillWorkflow(_Workflow):
         checkpoint_every: iterations between checkpoints (0: only at the end).
         eval_every: iterations between evaluations during distillation (0: only the final one).
         common: ``dataset_dir``, ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``,
-            ``preset_overrides``, ``progress`` (see :class:`_Workflow`).
+            ``preset_overrides``, ``progress``, ``eval_network_def``, ``eval_optimizer_def`` (see :class:`_Workflow`).
     """
 
     def __init__(
@@ -323,6 +386,7 @@ class DistillWorkflow(_Workflow):
         buffer_dir: str = "runs/buffers",
         checkpoint_every: int = 50,
         eval_every: int = 0,
+        network_def: Any = None,
         **common: Any,
     ) -> None:
         super().__init__(output_dir, dataset=dataset, size=size, **common)
@@ -331,10 +395,24 @@ class DistillWorkflow(_Workflow):
             raise OptionError("--dataset is required: a MedMNIST flag, or the path of a .npz or .csv file.")
         self.method_cls = get_method(str(option_str(method, "method")))
         self.method = self.method_cls.name
-        self.arch = str(option_str(arch, "arch")).lower()
-        self.eval_arch = str(option_str(eval_arch, "eval_arch", allow_none=True) or self.arch).lower()
-        for name in (self.arch, self.eval_arch):
-            NETWORKS.get(name)
+        # A defined network replaces the registry name of its flat flag by its label (e.g. classifier@1f2e3d4c);
+        # the evaluation network defaults to the method's network, as eval_arch defaults to arch.
+        self.network_def = as_factory(network_def, "network_def")
+        if isinstance(self.network_def, RegistryNetwork):
+            arch, self.network_def = self.network_def.name or arch, None
+        eval_arch = self.eval_registry_name or option_str(eval_arch, "eval_arch", allow_none=True)
+        if self.network_def is not None:
+            self.arch = self._define(self.network_def, "network_def")
+        else:
+            self.arch = str(option_str(arch, "arch")).lower()
+            NETWORKS.get(self.arch)
+        if self.eval_network_def is not None:
+            self.eval_arch = self._define(self.eval_network_def, "eval_network_def")
+        elif eval_arch:
+            self.eval_arch = str(eval_arch).lower()
+            NETWORKS.get(self.eval_arch)
+        else:
+            self.eval_arch = self.arch
         self.ipc = int(option_int(ipc, "ipc", minimum=1))  # type: ignore[arg-type]
         self.method_options = option_dict(method_options, "method_options")
         self.resume = option_bool(resume, "resume")
@@ -374,8 +452,17 @@ class DistillWorkflow(_Workflow):
         The output directory is locked for the run and ``status.json`` records it; a failed run moves the final
         artefacts it wrote into ``failed/`` (see :func:`~monai_distill.runs.guarded_run`).
         """
-        with guarded_run(self.output_dir, self.FINAL_ARTEFACTS, extra={"workflow": type(self).__name__}):
+        with guarded_run(self.output_dir, self.FINAL_ARTEFACTS, extra={"workflow": type(self).__name__}), \
+                self._components():
             return self._run()
+
+    def _embed_for(self, distiller: Distiller) -> str | None:
+        """The method's name when it uses the network's ``embed`` with these options (:data:`EMBED_METHODS`)."""
+        if self.method not in EMBED_METHODS:
+            return None
+        switch = EMBED_METHODS[self.method]
+        on = switch is None or bool(getattr(getattr(distiller, "opts", None), switch, False))
+        return self.method if on else None
 
     def _run(self) -> dict[str, Any]:
         check_output_dir(self.output_dir)
@@ -384,7 +471,7 @@ class DistillWorkflow(_Workflow):
         config = self._config(preset, options)
         reset_peak_memory(self.device)
         test = self._load("test") if (self.evaluate or self.eval_every) else None
-        self._check_network(self.arch, "arch", train, preset)
+        self._check_network(self.arch, "arch", train, preset, embed_for=self._embed_for(distiller))
         if self.evaluate or self.eval_every:
             self._check_network(self.eval_arch, "eval_arch", train, preset)
         if test is not None:  # before any distillation time is spent
@@ -422,7 +509,8 @@ class DistillWorkflow(_Workflow):
             metrics["final_losses"] = progress.history[-1]
         if self.evaluate:
             result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device,
-                                        progress=self.progress, target_prior=_train_prior(syn))
+                                        progress=self.progress, target_prior=_train_prior(syn),
+                                        optimizer=self.eval_optimizer_def)
             metrics.update(self._common_metrics(preset, result))
             if self.eval_every:
                 self._record_eval(progress, result, preset)
@@ -467,6 +555,8 @@ class DistillWorkflow(_Workflow):
             size=self.size,
             train_class_prior=class_prior(distiller.real.labels, distiller.real.num_classes).tolist(),
         )
+        if self.network_def is not None:  # the label in meta["arch"] is no registry name: say what it stands for
+            syn.meta["network_def"] = component_spec(self.network_def)
         if is_main_process():
             syn.save(self.output_dir / "synthetic.pt")
             syn.to_png(self.output_dir / "synthetic.png")
@@ -528,7 +618,8 @@ class DistillWorkflow(_Workflow):
         syn = distiller.synthetic_set()
         if is_main_process():
             syn.to_png(self.output_dir / "progress" / f"synthetic_it{progress.iteration:05d}.png")
-        result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device, progress=False)
+        result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device, progress=False,
+                                    optimizer=self.eval_optimizer_def)
         self._record_eval(progress, result, preset)
         self._plot_accuracy(progress)
         self._write_losses(progress)
@@ -581,6 +672,7 @@ class DistillWorkflow(_Workflow):
             "eval_arch": self.eval_arch,
             "preset": preset.to_dict(),
             "method_options": self.method_options if options is None else options,
+            **self._component_specs(),
         }
 
 
@@ -605,6 +697,8 @@ class BuffersWorkflow(DistillWorkflow):
         check_output_dir(self.output_dir)
         seed_everything(self.seed)
         distiller, train, preset, _ = self.distiller()
+        if self.arch in self._definitions:  # the experts are trained on it: it must fit the data first
+            self._check_definition(self.arch, train)
         start = time.perf_counter()
         buf = distiller.expert_buffer()
         trained = buf.build(train, distiller.net_factory, distiller.buffer_settings, preset, self.device,
@@ -634,7 +728,8 @@ class EvaluateWorkflow(_Workflow):
     Args:
         synthetic: path of a ``synthetic.pt``, or ``full`` to train on the whole real train split (upper bound).
         output_dir: where ``metrics.json`` goes.
-        arch: evaluation network (cross-architecture); default the set's ``arch``.
+        arch: registry evaluation network (cross-architecture); default the set's ``arch``. ``eval_network_def``
+            (see :class:`_Workflow`) replaces it with any network.
         dataset: dataset flag/path; default the one recorded in the set.
         dataset_dir: directory of the dataset files.
         size: image size; default the one recorded in the set.
@@ -642,7 +737,7 @@ class EvaluateWorkflow(_Workflow):
             (balanced accuracy), as MedMNIST's baselines select their models; synthetic sets use the last epoch
             (the distillation protocol).
         common: ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``, ``preset_overrides``,
-            ``progress`` (see :class:`_Workflow`).
+            ``progress``, ``eval_network_def``, ``eval_optimizer_def`` (see :class:`_Workflow`).
     """
 
     def __init__(
@@ -658,9 +753,11 @@ class EvaluateWorkflow(_Workflow):
         super().__init__(output_dir, dataset=dataset, size=size, **common)
         self.select_on_val = option_bool(select_on_val, "select_on_val")
         self.synthetic = str(option_str(synthetic, "synthetic"))
-        arch_name = option_str(arch, "arch", allow_none=True)
+        arch_name = self.eval_registry_name or option_str(arch, "arch", allow_none=True)
         self.arch = str(arch_name).lower() if arch_name else None
-        if self.arch:
+        if self.eval_network_def is not None:
+            self.arch = self._define(self.eval_network_def, "eval_network_def")
+        elif self.arch:
             NETWORKS.get(self.arch)
         if self.synthetic.lower() == "full":
             if self.dataset is None:
@@ -684,7 +781,8 @@ class EvaluateWorkflow(_Workflow):
     def run(self) -> dict[str, Any]:
         """Evaluate and write ``metrics.json``; return the metrics (``output_dir`` is locked meanwhile and
         ``status.json`` records the run, see :func:`~monai_distill.runs.guarded_run`)."""
-        with guarded_run(self.output_dir, self.FINAL_ARTEFACTS, extra={"workflow": type(self).__name__}):
+        with guarded_run(self.output_dir, self.FINAL_ARTEFACTS, extra={"workflow": type(self).__name__}), \
+                self._components():
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -697,6 +795,13 @@ class EvaluateWorkflow(_Workflow):
         if not self.dataset:
             raise ValueError("the dataset is not recorded in the synthetic set; pass --dataset.")
         arch = self.arch or (syn.meta.get("arch") if syn is not None else None) or "convnet"
+        if arch not in NETWORKS:  # a set distilled with a network_def records its label, which is no registry name
+            made_by = (syn.meta.get("network_def") or {}).get("_target_") if syn is not None else None
+            raise OptionError(
+                f"--synthetic '{self.synthetic}' was distilled with the network of network_def"
+                f"{f' ({made_by})' if made_by else ''}, recorded as '{arch}'; choose the evaluation network with "
+                "--arch (one of " + ", ".join(NETWORKS.names()) + ") or --eval_network_def."
+            )
         test = self._load("test")
         self._check_split(test)
         if syn is not None:  # before any network is trained: the set must fit the data it is tested on
@@ -721,6 +826,7 @@ class EvaluateWorkflow(_Workflow):
                 progress=self.progress,
                 target_prior=class_prior(train.labels, train.num_classes),
                 val=self._full_val(),
+                optimizer=self.eval_optimizer_def,
             )
             method, ipc, n = "full", None, len(train)
         else:
@@ -733,6 +839,7 @@ class EvaluateWorkflow(_Workflow):
                 self.device,
                 progress=self.progress,
                 target_prior=_train_prior(syn),
+                optimizer=self.eval_optimizer_def,
             )
             method, ipc, n = syn.meta.get("method"), syn.ipc, len(syn)
         metrics = {
@@ -745,6 +852,7 @@ class EvaluateWorkflow(_Workflow):
             "distill_seconds": (syn.meta.get("distill_seconds") if syn is not None else None),
             **self._common_metrics(preset, result),
             "peak_memory_mb": peak_memory_mb(self.device),
+            **self._component_specs(),
         }
         self._write_metrics(metrics)
         return metrics

@@ -9,7 +9,7 @@ from .baselines import ABMIL, MaxPoolingMIL, MeanPoolingMIL
 from .clam import CLAMMB, CLAMSB, smooth_top1_svm_loss
 from .dsmil import DSMIL
 from .nystrom import NystromAttention, iterative_pinv
-from .registry import MIL_HEADS, get_mil_head
+from .registry import HEAD_ARGUMENTS, MIL_HEADS, RegistryHead, get_mil_head
 from .transmil import TransMIL
 
 __all__ = [
@@ -17,12 +17,14 @@ __all__ = [
     "CLAMMB",
     "CLAMSB",
     "DSMIL",
+    "HEAD_ARGUMENTS",
     "MIL_HEADS",
     "MILHead",
     "MILOutput",
     "MaxPoolingMIL",
     "MeanPoolingMIL",
     "NystromAttention",
+    "RegistryHead",
     "TransMIL",
     "get_mil_head",
     "iterative_pinv",

@@ -7,16 +7,19 @@ per-slide distillation); held-out slides are the cohort's test split. Every run 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from monai.bundle import ConfigParser, verify_metadata
 
 from mil.bags import BagError
 from mil.workflows import MILTrainWorkflow
 
-from ..bundles.helpers import REPO_ROOT, run_bundle
+from ..bundles.helpers import REPO_ROOT, bundle_cmd, run_bundle
 
 BUNDLE = REPO_ROOT / "bundles" / "mil_slide_classification" / "configs"
 TRAIN = "bundles/mil_slide_classification/configs/train.json"
@@ -115,3 +118,151 @@ def test_training_on_test_slides_is_refused(real_bags, mil_tiling: Path, tmp_pat
     wf = MILTrainWorkflow(real_bags.root, mil_tiling, tmp_path, test_split="test", device="cpu", progress=False)
     with pytest.raises(BagError, match=r"both training bags .* and held-out test slides"):
         wf.run()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config components (issue 16): head_def / encoder_def, evaluate with the recorded definitions, inference.json
+# ---------------------------------------------------------------------------------------------------------------------
+INFERENCE = "bundles/mil_slide_classification/configs/inference.json"
+USER_HEADS = '''
+from torch import nn
+
+from mil.heads import MILHead, MILOutput, masked_mean, prepare_bags, zero_padding
+
+
+class MeanHead(MILHead):
+    """A user's head: instance MLP, mean of the instance logits over the bag."""
+
+    def __init__(self, in_features, num_classes, hidden=16):
+        super().__init__(in_features, num_classes)
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x, mask=None):
+        x, mask = prepare_bags(x, mask, self.in_features)
+        scores = self.net(x)
+        return MILOutput(masked_mean(scores, mask, dim=1), zero_padding(scores, mask), {"mask": mask})
+'''
+# A small ConvNet encoder given as a definition (the registry's class, its own arguments).
+ENCODER_DEF = ("{'_target_': 'monai_distill.networks.ConvNet', '_mode_': 'callable', 'width': 8, 'depth': 2, "
+               "'norm': 'none'}")
+
+
+def _run_in(cwd: Path, config: str, **overrides) -> None:
+    """The bundle from the user's working directory (where their module lives), as they would type it."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(bundle_cmd(str(REPO_ROOT / config), **overrides), cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_user_head_and_encoder_definitions(train_bag_dir: Path, mil_tiling: Path, mil_cohort, tmp_path: Path
+                                           ) -> None:
+    """``--head_def#_target_`` names a head class of the user's module (with an argument of its own) and
+    ``--encoder_def`` a network definition; evaluate.json rebuilds both from what model.pt records and reproduces the
+    numbers; inference.json predicts a directory of unlabelled slides with them (predictions only, no labels)."""
+    cohort_root, table = mil_cohort
+    (tmp_path / "myheads.py").write_text(USER_HEADS)
+    res = tmp_path / "train"
+    _run_in(tmp_path, TRAIN, train_bags=train_bag_dir, test_slides=mil_tiling, test_split="test", output_dir=res,
+            feature_cache=tmp_path / "cache", encoder_def=ENCODER_DEF,
+            **{"head_def#_target_": "myheads.MeanHead", "head_def#hidden": 8}, **FAST)
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert metrics["model"] == "myheads.MeanHead" and metrics["encoder"].startswith("convnet@")
+    assert metrics["feature_dim"] > 0 and 0 <= metrics["auc"] <= 1 and 1 <= metrics["epochs"] <= 3
+    state = torch.load(res / "model.pt", weights_only=True)
+    assert state["head_def"] == {"_target_": "myheads.MeanHead", "hidden": 8}
+    assert state["extra"]["encoder"]["definition"]["_target_"] == "monai_distill.networks.convnet.ConvNet"
+
+    evaluated = tmp_path / "evaluate"
+    _run_in(tmp_path, EVALUATE, checkpoint=res / "model.pt", test_slides=res / "test_bags", output_dir=evaluated,
+            feature_cache=tmp_path / "cache", **{k: v for k, v in FAST.items() if k != "epochs"})
+    again = json.loads((evaluated / "metrics.json").read_text())
+    for key in ("model", "auc", "acc", "balanced_acc", "encoder"):
+        assert again[key] == pytest.approx(metrics[key]), key
+    assert pd.read_csv(evaluated / "predictions.csv").equals(pd.read_csv(res / "predictions.csv"))
+
+    slides = tmp_path / "unlabelled"
+    slides.mkdir()
+    test = table[table.split == "test"]
+    for sid, path in zip(test.slide_id, test.slide_path):
+        source = Path(path) if Path(path).is_absolute() else cohort_root / path
+        (slides / f"{sid}{source.suffix}").symlink_to(source)
+    predicted = tmp_path / "inference"
+    _run_in(tmp_path, INFERENCE, checkpoint=res / "model.pt", test_slides=slides, output_dir=predicted,
+            feature_cache=tmp_path / "cache", **{k: v for k, v in FAST.items() if k != "epochs"})
+    preds = pd.read_csv(predicted / "predictions.csv")
+    assert sorted(preds.slide_id) == sorted(test.slide_id) and "label" not in preds.columns
+    assert set(preds.columns) >= {"slide_id", "pred", "prob_0", "prob_1"}
+    assert ((preds.prob_0 + preds.prob_1 - 1).abs() < 1e-4).all()
+    # The slides, tiled on the fly like the training patches, get the probabilities the training run gave them.
+    trained = pd.read_csv(res / "predictions.csv").set_index("slide_id").loc[preds.slide_id]
+    assert preds.prob_1.to_numpy() == pytest.approx(trained.prob_1.to_numpy(), abs=1e-5)
+    info = json.loads((predicted / "inference.json").read_text())
+    assert info["status"] == "finished" and info["n_slides"] == len(test) and info["model"] == "myheads.MeanHead"
+    assert not (predicted / "metrics.json").exists()
+
+
+def test_registry_head_by_target(train_bag_dir: Path, mil_tiling: Path, feature_cache: Path, tmp_path: Path) -> None:
+    """``--head_def#_target_ mil.heads.ABMIL`` (a project head by its class) with an argument of its own."""
+    res = tmp_path / "abmil"
+    run_bundle(TRAIN, train_bags=train_bag_dir, test_slides=mil_tiling, test_split="test", output_dir=res,
+               feature_cache=feature_cache, **{"head_def#_target_": "mil.heads.ABMIL", "head_def#hidden_dim": 32},
+               **FAST)
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert metrics["model"] == "mil.heads.baselines.ABMIL" and 0 <= metrics["auc"] <= 1
+    assert torch.load(res / "model.pt", weights_only=True)["head_def"]["hidden_dim"] == 32
+
+
+@pytest.mark.parametrize(
+    ("overrides", "culprit"),
+    [
+        ({"head_def": {"_target_": "mil.heads.ABMIL", "_mode_": "callable", "num_classes": 3}},
+         ("--head_def mil.heads.baselines.ABMIL", "logits of shape (1, 3)", "(1, 2)")),
+        ({"head_def": {"_target_": "torch.nn.Identity", "_mode_": "callable"}},
+         ("--head_def torch.nn.modules.linear.Identity", "without loss()", "MILHead")),
+        ({"head_def": {"_target_": "mil.heads.ABMIL", "_mode_": "callable"}, "head_options": {"hidden_dim": 8}},
+         ("--head_options", "--head_def#hidden_dim")),
+    ],
+    ids=["wrong-class-count", "not-a-head", "head-options-with-a-definition"],
+)
+def test_bad_head_definition_ends_with_one_line(overrides: dict, culprit: tuple[str, ...], tmp_path: Path) -> None:
+    from monai.bundle import run
+
+    with pytest.raises(SystemExit) as exc:
+        run(config_file=str(BUNDLE / "train.json"), train_bags=str(tmp_path / "bags"), test_slides=str(tmp_path),
+            output_dir=str(tmp_path / "out"), device="cpu", progress=False, **overrides)
+    last = str(exc.value.code)
+    assert last.startswith("monai-distill: error: "), last
+    for text in culprit:
+        assert text in last, f"{text!r} not in: {last}"
+
+
+def test_inference_config_and_documented_entries() -> None:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "inference.json"))
+    assert parser["workflow"]["_target_"] == "mil.workflows.MILInferenceWorkflow"
+    readme = (BUNDLE.parent / "docs" / "README.md").read_text()
+    section = readme.split("## Entries you can override", 1)[1]
+    skip = {"imports", "initialize", "run", "finalize", "bundle_root", "_meta_"}
+    for config in BUNDLE.glob("*.json"):
+        if config.name == "metadata.json":
+            continue
+        p = ConfigParser()
+        p.read_config(str(config))
+        for key in set(p.config) - skip:
+            assert f"`{key}`" in section, f"{config.name}: `{key}` not listed in the README"
+    for entry in ("head_def", "encoder_def"):
+        assert f"--{entry}" in section
+
+
+def test_arguments_on_the_default_definitions_are_registry_options(tmp_path: Path) -> None:
+    """``--head_def#hidden_dim`` / ``--encoder_def#width`` on the defaults stay the registry head and encoder with
+    those options (what ``--head_options`` / ``--encoder_options`` say), so nothing is recorded as a definition."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "train.json"))
+    parser.update({"train_bags": "bags", "test_slides": "t.csv", "output_dir": str(tmp_path), "model": "abmil",
+                   "head_def#hidden_dim": 64, "encoder_def#width": 32, "device": "cpu"})
+    wf = parser.get_parsed_content("workflow")()
+    assert (wf.model, wf.head_def, wf.head_options) == ("abmil", None, {"hidden_dim": 64})
+    assert wf.encoder.name == "resnetap10" and wf.encoder.options == {"width": 32, "norm": "none"}
+    assert wf.encoder.definition is None
