@@ -204,9 +204,17 @@ def test_definition_helpers() -> None:
         as_factory(lin, "network_def")
 
 
-@pytest.mark.parametrize("bundle", ["medmnist2d_distillation", "organmnist3d_distillation", "histodd_patches"])
-def test_every_component_entry_is_documented(bundle: str) -> None:
-    """Each bundle's README lists every top-level entry of its configs under "Entries you can override"."""
+_DISTILL_DEFS = ("network_def", "eval_network_def", "eval_optimizer_def")
+
+
+@pytest.mark.parametrize(("bundle", "definitions"), [
+    ("medmnist2d_distillation", _DISTILL_DEFS), ("organmnist3d_distillation", _DISTILL_DEFS),
+    ("histodd_patches", _DISTILL_DEFS), ("mil_slide_classification", ("head_def", "encoder_def")),
+    ("wsi_tiling", ()), ("wsi_synthetic_bags", ()),
+])
+def test_every_component_entry_is_documented(bundle: str, definitions: tuple[str, ...]) -> None:
+    """Each bundle's README lists every top-level entry of its configs under "Entries you can override", with one
+    example command per ``*_def`` entry."""
     from monai.bundle import ConfigParser
 
     readme = (REPO_ROOT / "bundles" / bundle / "docs" / "README.md").read_text()
@@ -220,5 +228,5 @@ def test_every_component_entry_is_documented(bundle: str) -> None:
         parser.read_config(str(config))
         for key in set(parser.config) - skip:
             assert f"`{key}`" in section, f"{config.name}: `{key}` not listed in {bundle}/docs/README.md"
-    for entry in ("network_def", "eval_network_def", "eval_optimizer_def"):
+    for entry in definitions:
         assert f"--{entry}" in section, f"no example command for {entry}"
