@@ -108,9 +108,11 @@ def targets(t: Table, datasets: list[str], ipcs: list[int], dataset_dir: Path) -
             best = max(others, key=lambda m: others[m][RANK])
             gap, std = 100 * (ptm[RANK] - others[best][RANK]), 100 * ptm[f"{RANK}_seed_std"]
             verdict = "met" if gap > std else "missed"
+            missing = [m for m in METHODS if m != "ptm" and m not in others]
+            pending = f" (provisional: {', '.join(missing)} not run yet)" if missing else ""
             lines.append(f"- {d} ipc {i}: PTM balanced accuracy {t.cell(d, 'ptm', i, 'balanced_acc')} vs best other "
                          f"`{best}` {t.cell(d, best, i, 'balanced_acc')}: gap {gap:+.1f} against PTM's seed std "
-                         f"{std:.1f}: **{verdict}**.")
+                         f"{std:.1f}: **{verdict}**{pending}.")
         ptm, full = t.agg(d, "ptm", 10), t.agg(d, "full", 0)
         if ptm and full:
             ratio = ptm[RANK] / full[RANK]
