@@ -110,13 +110,21 @@ class HistoDD(GradientMatching):
         self._stain_warned = False
 
     def ipc_defaults(self, ipc: int) -> dict[str, Any]:
-        """K per ipc (Histo-DD §4.2, divided per preset) and the val-chosen ``lr_img`` of the network, if any."""
+        """K per ipc (Histo-DD §4.2), divided per preset."""
         k = nearest_ipc(HISTODD_OUTER_STEPS, ipc)
-        preset = self.cfg.preset.name if self.cfg.preset is not None else "paper"
-        defaults: dict[str, Any] = {"iterations": max(1, k // _K_DIVISOR.get(preset, 1))}
-        if preset != "paper" and str(self.cfg.arch).lower() in _LR_IMG_BY_ARCH:
-            defaults["lr_img"] = _LR_IMG_BY_ARCH[str(self.cfg.arch).lower()]
-        return defaults
+        return {"iterations": max(1, k // _K_DIVISOR.get(self._preset_name, 1))}
+
+    def default_options(self) -> dict[str, Any]:
+        """The preset's defaults with the val-chosen ``lr_img`` of the distillation network, if it has one."""
+        opts = super().default_options()
+        arch = str(self.cfg.arch).lower()
+        if self._preset_name != "paper" and arch in _LR_IMG_BY_ARCH:
+            opts["lr_img"] = _LR_IMG_BY_ARCH[arch]
+        return opts
+
+    @property
+    def _preset_name(self) -> str:
+        return self.cfg.preset.name if self.cfg.preset is not None else "paper"
 
     # ------------------------------------------------------------------ set-up
     def init_synthetic(self) -> None:
