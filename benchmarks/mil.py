@@ -26,6 +26,12 @@ Usage (repo root)::
     python benchmarks/mil.py --devices cpu cuda  # the same, plus the GPU rows
     python benchmarks/mil.py --n_slides 12 --epochs 3 --seeds 0 --heads clam_sb abmil \
         --out runs/bench_mil_smoke --results runs/bench_mil_smoke/mil.md  # smoke run
+    python benchmarks/mil.py --heatmap_only      # only the figure: cohort, real bags, CLAM-SB seed 0 on real bags
+
+The attention heatmap of the first held-out slide (the first head, trained on real bags with the first seed) is
+copied beside the results as ``<results stem>_heatmap_<slide_id>.png`` (``mil_heatmap_slide_024.png``) and shown
+in the results. ``--heatmap_only`` makes that figure alone, without the synthetic bags or the other runs, and leaves
+the results file as it is (a few minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -178,9 +185,42 @@ def write_markdown(path: Path, s: pd.DataFrame, args: argparse.Namespace, pendin
         lines += ["Pending rows: no synthetic bags were made in this run; rerun with `--make_synthetic 10 50` (or "
                   "`--synthetic NAME=DIR`).", ""]
     if facts.get("heatmap"):
-        lines += [f"Attention heatmap of a held-out slide (CLAM-SB trained on real bags): `{facts['heatmap']}`.", ""]
+        lines += [f"Attention heatmap of held-out {facts['heatmap']['caption']}:", "",
+                  f"![heatmap]({facts['heatmap']['file']})", ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def run_settings(args: argparse.Namespace, out: Path, real: dict[str, Path], train_dir: Path, head: str, seed: int,
+                 device: str) -> dict[str, Any]:
+    """The training workflow's settings of one run (their digest decides whether a finished run is reused)."""
+    return {"train_bags": str(train_dir), "test_slides": str(real["test"]), "model": head, "epochs": args.epochs,
+            "patience": args.patience, "seed": seed, "device": device,
+            "num_threads": args.num_threads if device == "cpu" else None, "feature_cache": str(out / "features"),
+            "n_heatmaps": 2 if seed == 0 else 0}
+
+
+def publish_heatmap(run_dir: Path, metrics: dict[str, Any], results: Path, cohort_csv: Path, head: str,
+                    seed: int) -> dict[str, str] | None:
+    """Copy the run's first attention heatmap beside ``results`` as ``<results stem>_heatmap_<slide_id>.png``.
+
+    Returns:
+        ``{"file": name, "caption": ...}`` for the results, or ``None`` when the run drew no heatmap.
+    """
+    if not metrics.get("heatmaps"):
+        return None
+    source = run_dir / metrics["heatmaps"][0]
+    slide_id = source.stem
+    target = results.with_name(f"{results.stem}_heatmap_{slide_id}.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    labels = pd.read_csv(cohort_csv).set_index("slide_id")["label"]
+    kind = {0: "a negative slide", 1: "a positive slide"}.get(int(labels.get(slide_id, -1)), "label unknown")
+    names = {"clam_sb": "CLAM-SB", "dsmil": "DSMIL", "transmil": "TransMIL", "abmil": "ABMIL"}
+    _log(f"wrote {target}")
+    return {"file": target.name,
+            "caption": f"{slide_id} ({kind}; {names.get(head, head)} trained on real bags, seed {seed})"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minority_range", type=float, nargs=2, default=(0.1, 0.3),
                    help="share of a positive slide's tissue from the minority source (smaller: a harder task)")
     p.add_argument("--no_training", action="store_true", help="make the bags only (cohort, real, synthetic)")
+    p.add_argument("--heatmap_only", action="store_true",
+                   help="only the heatmap figure: cohort, real bags and the first head's first seed on real bags "
+                        "(no synthetic bags; the results file is left as it is)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
@@ -215,6 +258,13 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.synthetic:
         name, _, d = item.partition("=")
         sources[name] = Path(d)
+    if args.heatmap_only:  # the run the full benchmark takes its heatmap from, with the same settings
+        head, seed, device = args.heads[0], args.seeds[0], args.devices[0]
+        run_dir = out / "runs" / device / "real" / head / f"seed{seed}"
+        m = run_one(run_dir, run_settings(args, out, real, real["train"], head, seed, device))
+        if publish_heatmap(run_dir, m, Path(args.results), csv, head, seed) is None:
+            raise SystemExit(f"{run_dir} drew no heatmap")
+        return
     sources.update(make_synthetic(out, args.make_synthetic, shlex.split(args.synthetic_args), args.max_patches))
     pending = [f"synthetic ipc {i}" for i in (10, 50) if f"synthetic ipc {i}" not in sources and not args.synthetic]
     if args.no_training:
@@ -226,16 +276,11 @@ def main(argv: list[str] | None = None) -> None:
             for head in args.heads:
                 for seed in args.seeds:
                     run_dir = out / "runs" / device / bags.replace(" ", "_") / head / f"seed{seed}"
-                    settings = {"train_bags": str(train_dir), "test_slides": str(real["test"]), "model": head,
-                                "epochs": args.epochs, "patience": args.patience, "seed": seed, "device": device,
-                                "num_threads": args.num_threads if device == "cpu" else None,
-                                "feature_cache": str(out / "features"), "n_heatmaps": 2 if seed == 0 else 0}
                     _log(f"{device} | {bags} | {head} | seed {seed}")
-                    m = run_one(run_dir, settings)
+                    m = run_one(run_dir, run_settings(args, out, real, train_dir, head, seed, device))
                     rows.append({"device": device, "bags": bags, "head": head, "seed": seed, **m})
-                    if heatmap is None and bags == "real" and m.get("heatmaps"):
-                        heatmap = str((run_dir / m["heatmaps"][0]).relative_to(REPO)) if run_dir.is_relative_to(
-                            REPO) else str(run_dir / m["heatmaps"][0])
+                    if heatmap is None and bags == "real":
+                        heatmap = publish_heatmap(run_dir, m, Path(args.results), csv, head, seed)
     s = summarise(rows)
     table = pd.read_csv(csv)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

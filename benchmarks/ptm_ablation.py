@@ -95,8 +95,8 @@ def main() -> None:
         xs = list(range(len(cols)))
         series = {v: (xs, [100 * results[(d, v, i)]["test_acc_mean"] if (d, v, i) in results else float("nan")
                            for d, i in cols]) for v in variants}
-        line_plot(series, out_md.with_suffix(".png"), markers=True, ylabel="accuracy %",
-                  title="PTM ablation; x: " + ", ".join(f"{k}={d} ipc {i}" for k, (d, i) in enumerate(cols)))
+        line_plot(series, out_md.with_suffix(".png"), markers=True, ylabel="test accuracy %",
+                  title="PTM ablation: test accuracy per variant", xticklabels=[f"{d} ipc {i}" for d, i in cols])
 
     if args.table_only:
         write()

@@ -6,7 +6,8 @@ with ``--eval_every`` evaluations (``metrics.json["eval_history"]``: balanced ac
 evaluations excluded). The target is the balanced accuracy of the ``herding`` coreset of the same seed and preset (a
 bar below the best coreset would measure nothing). Reported: the final balanced accuracy, the first time each method
 reaches herding's, seconds per iteration and the process's peak memory (peak RSS on CPU, max allocated on CUDA).
-Writes ``benchmarks/results/ptm_cost.md`` and ``ptm_cost.png``. Resumable like the other benchmarks.
+Writes ``benchmarks/results/ptm_cost.md`` and ``ptm_cost.png``, and the record ``ptm_cost.json`` they are drawn
+from (``--table_only`` writes them again from it, running nothing). Resumable like the other benchmarks.
 
 Usage (repo root)::
 
@@ -19,6 +20,7 @@ Usage (repo root)::
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import trajectory_common as bench
 from trajectory_common import BUNDLE, REPO, dims, fmt, machine, run_bundle, write_md
 
 from monai_distill.plotting import line_plot
+from monai_distill.utils import atomic_path
 
 METHODS = ("ptm", "ftd", "mtt")
 
@@ -38,34 +41,21 @@ def first_time_at(history: list[dict], target: float) -> float | None:
     return next((e["distill_seconds"] for e in history if e[KEY] >= target - 1e-12), None)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="breastmnist")
-    p.add_argument("--ipc", type=int, default=2)
-    p.add_argument("--eval_every", type=int, default=20)
-    bench.add_run_arguments(p)
-    p.set_defaults(preset="standard")
-    p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_ptm_cost"))
-    p.add_argument("--buffer_dir", default=str(REPO / "runs" / "bench_trajectory" / "buffers"),
-                   help="shared with benchmarks/trajectory.py by default, so the experts are the same")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ptm_cost.md"))
-    args = p.parse_args()
-    work, out_md = Path(args.work_dir), Path(args.out)
-    config = BUNDLE[dims(args.dataset)]
-    start = time.perf_counter()
-    common = {**bench.run_overrides(args), "dataset": args.dataset, "ipc": args.ipc, "buffer_dir": args.buffer_dir,
-              "method_options": bench.flat_expert_options(args)}
-    run_bundle(work / "buffers_build", [f"{config}/train.json", f"{config}/buffers.json"], args.threads,
-               method="ptm", metrics_name="buffers.json", **common)
-    herding = run_bundle(work / "herding", f"{config}/train.json", args.threads, method="herding",
-                         **{k: v for k, v in common.items() if k != "method_options"})
-    target = herding[KEY]
-    results = {}
-    for method in METHODS:
-        results[method] = run_bundle(work / method, f"{config}/train.json", args.threads, method=method,
-                                     eval_every=args.eval_every, **common)
-        print(method, fmt(results[method], "balanced_acc"), f"{results[method]['distill_seconds']:.0f}s", flush=True)
+# What the record keeps of each run's metrics.json (enough to write the table and draw the figure again).
+RECORD_KEYS = (KEY, "test_balanced_acc_std", "distill_seconds", "iterations", "peak_memory_mb")
 
+
+def _kept(m: dict) -> dict:
+    kept = {k: m[k] for k in RECORD_KEYS if k in m}
+    if "eval_history" in m:
+        kept["eval_history"] = [{"distill_seconds": e["distill_seconds"], KEY: e[KEY]} for e in m["eval_history"]]
+    return kept
+
+
+def write_results(record: dict, out_md: Path) -> None:
+    """``out_md`` and its PNG from a record (:func:`main` writes one beside ``out_md`` after the runs)."""
+    cfg, herding, results = record["settings"], record["herding"], record["results"]
+    target = herding[KEY]
     ftd = results["ftd"]
     ftd_reach = first_time_at(ftd["eval_history"], target)
     ftd_time = ftd_reach if ftd_reach is not None else ftd["distill_seconds"]
@@ -80,16 +70,18 @@ def main() -> None:
     reach = first_time_at(ptm["eval_history"], target)
     time_ok = reach is not None and reach <= ftd_time / 6
     mem_ok = ptm["peak_memory_mb"] <= ftd["peak_memory_mb"]
+    width = f" (width {cfg['width']})" if cfg.get("width") else ""
     lines = [
-        f"# PTM cost: accuracy over distillation time and peak memory ({args.dataset}, ipc {args.ipc})",
+        f"# PTM cost: accuracy over distillation time and peak memory ({cfg['dataset']}, ipc {cfg['ipc']})",
         "",
-        f"Preset `{args.preset}`{f' (width {args.width})' if args.width else ''}, seed {args.seed}, "
-        f"{args.eval_models} evaluation networks per point, evaluation every {args.eval_every} iterations, same "
-        f"flat expert buffer and iteration budget for the three methods, device `{args.device}`, machine: "
-        f"{machine(args.device, args.threads)}. Command: `python benchmarks/ptm_cost.py`. Wall time of this "
-        f"invocation {(time.perf_counter() - start) / 60:.1f} min. Seconds are distillation wall-clock (set-up "
-        "included, evaluations excluded); peak memory is the run's process peak (RSS on CPU: it includes the "
-        "data and the evaluation networks, identical for the three).",
+        f"Preset `{cfg['preset']}`{width}, "
+        f"seed {cfg['seed']}, {cfg['eval_models']} evaluation networks per point, evaluation every "
+        f"{cfg['eval_every']} iterations, same flat expert buffer and iteration budget for the three methods, device "
+        f"`{cfg['device']}`, machine: {cfg['machine']}. Command: `python benchmarks/ptm_cost.py` (this table and "
+        f"figure: `--table_only`, from the record `{out_md.with_suffix('.json').name}`). Wall time of the runs "
+        f"{cfg['wall_minutes']:.1f} min. Seconds are distillation wall-clock (set-up included, evaluations "
+        "excluded); peak memory is the run's process peak (RSS on CPU: it includes the data and the evaluation "
+        "networks, identical for the three).",
         "",
         f"Target: herding's balanced accuracy with the same seed and preset, {fmt(herding, 'balanced_acc')} %. "
         "FTD's time is its time to reach it" + ("" if ftd_reach is not None else " (FTD never did: its whole run)")
@@ -116,8 +108,53 @@ def main() -> None:
     series = {m: ([e["distill_seconds"] for e in r["eval_history"]], [100 * e[KEY] for e in r["eval_history"]])
               for m, r in results.items()}
     series["herding (target)"] = ([0, max(r["distill_seconds"] for r in results.values())], [100 * target] * 2)
-    line_plot(series, out_md.with_suffix(".png"), title=f"{args.dataset} ipc {args.ipc}: balanced accuracy over time",
+    line_plot(series, out_md.with_suffix(".png"),
+              title=f"{cfg['dataset']} ipc {cfg['ipc']}: balanced accuracy over time",
               xlabel="distillation seconds", ylabel="balanced accuracy %", markers=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="breastmnist")
+    p.add_argument("--ipc", type=int, default=2)
+    p.add_argument("--eval_every", type=int, default=20)
+    bench.add_run_arguments(p)
+    p.set_defaults(preset="standard")
+    p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_ptm_cost"))
+    p.add_argument("--buffer_dir", default=str(REPO / "runs" / "bench_trajectory" / "buffers"),
+                   help="shared with benchmarks/trajectory.py by default, so the experts are the same")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ptm_cost.md"))
+    p.add_argument("--record", default=None, help="default: --out with .json")
+    p.add_argument("--table_only", action="store_true",
+                   help="write the table and the figure from the record, run nothing")
+    args = p.parse_args()
+    work, out_md = Path(args.work_dir), Path(args.out)
+    record_path = Path(args.record) if args.record else out_md.with_suffix(".json")
+    if args.table_only:
+        if not record_path.is_file():
+            raise SystemExit(f"no record '{record_path}': run the benchmark once (it writes the record) first.")
+        write_results(json.loads(record_path.read_text()), out_md)
+        return
+    config = BUNDLE[dims(args.dataset)]
+    start = time.perf_counter()
+    common = {**bench.run_overrides(args), "dataset": args.dataset, "ipc": args.ipc, "buffer_dir": args.buffer_dir,
+              "method_options": bench.flat_expert_options(args)}
+    run_bundle(work / "buffers_build", [f"{config}/train.json", f"{config}/buffers.json"], args.threads,
+               method="ptm", metrics_name="buffers.json", **common)
+    herding = run_bundle(work / "herding", f"{config}/train.json", args.threads, method="herding",
+                         **{k: v for k, v in common.items() if k != "method_options"})
+    results = {}
+    for method in METHODS:
+        results[method] = run_bundle(work / method, f"{config}/train.json", args.threads, method=method,
+                                     eval_every=args.eval_every, **common)
+        print(method, fmt(results[method], "balanced_acc"), f"{results[method]['distill_seconds']:.0f}s", flush=True)
+    settings = {"dataset": args.dataset, "ipc": args.ipc, "eval_every": args.eval_every, "preset": args.preset,
+                "width": args.width, "seed": args.seed, "eval_models": args.eval_models, "device": args.device,
+                "machine": machine(args.device, args.threads), "wall_minutes": (time.perf_counter() - start) / 60}
+    record = {"settings": settings, "herding": _kept(herding), "results": {m: _kept(r) for m, r in results.items()}}
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    write_results(record, out_md)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,14 @@ from monai_distill.utils import atomic_path, atomic_torch_save, load_torch_file
 if TYPE_CHECKING:
     from monai_distill.data import SyntheticSet
 
+# How synthetic bags may store their patches (see Bag.compact).
+BAG_STORAGE = ("float32", "float16", "uint8")
+
 __all__ = [
     "BAG_FORMAT",
     "BAG_FORMAT_VERSION",
     "BAG_MANIFEST_COLUMNS",
+    "BAG_STORAGE",
     "SOURCES",
     "Bag",
     "BagDirectory",
@@ -177,6 +181,26 @@ class Bag:
         for key in ("mean", "std"):
             h.update(f"|{key}={self.meta.get(key)}".encode())
         return h.hexdigest()
+
+    def compact(self, storage: str) -> Bag:
+        """A copy whose patches are stored as ``storage`` (:data:`BAG_STORAGE`): ``float32`` as they are,
+        ``float16`` (half the bytes, normalised units kept) or ``uint8`` (a quarter: display units [0, 1] rounded to
+        1/255, as real bags are; values outside [0, 1] are clipped and ``mean``/``std`` dropped from meta).
+
+        Raises:
+            BagError: an unknown ``storage``.
+        """
+        if storage not in BAG_STORAGE:
+            raise BagError(f"bag storage must be one of {BAG_STORAGE}, got {storage!r}.")
+        if self.patches is None or (storage == "float32" and self.patches.dtype == torch.float32):
+            return self
+        meta = {**self.meta, "storage": storage}
+        if storage == "uint8":
+            patches = (self.pixels().clamp(0, 1) * 255).round().to(torch.uint8)
+            meta = {k: v for k, v in meta.items() if k not in ("mean", "std")}
+        else:
+            patches = self.patches.to(torch.float16 if storage == "float16" else torch.float32)
+        return Bag(self.slide_id, self.label, patches, self.features, self.coords, self.source, meta)
 
     def with_features(self, features: torch.Tensor, **meta: Any) -> Bag:
         """A feature-only copy (patches dropped to save memory), keeping label, coords, source and meta."""

@@ -78,7 +78,7 @@ from wsi.reader import BACKENDS
 from wsi.slides import check_slide_files, list_slides
 from wsi.workflows import TilingWorkflow
 
-from .bags import DONE, Bag, BagDirectory, BagError, bag_file_intact, save_bag
+from .bags import BAG_STORAGE, DONE, Bag, BagDirectory, BagError, bag_file_intact, save_bag
 from .real_bags import (
     FAILED,
     bag_fingerprint,
@@ -165,7 +165,8 @@ class SyntheticBagsWorkflow:
         num_classes: number of slide classes (default: from the labels of the cohort, at least 2).
         preset_overrides: preset fields to change (e.g. ``{"width": 16}``).
         method_options: method options over the preset's (e.g. ``{"iterations": 5}``).
-        tiling: ``wsi_tiling`` arguments when ``slides`` is not tiled yet (``patch_size``, ``level``, ``mpp``, ...).
+        tiling: ``wsi_tiling`` arguments when ``slides`` is not tiled yet (``patch_size``, ``level``, ``mpp``, ...,
+            and the components ``reader_def``, ``masker_def``, ``grid_def``, ``writer_def`` of :mod:`wsi.components`).
         backend: ``WSIReader`` backend reading patches (default: the one that tiled the slide).
         annotations: folder of label masks ``<slide_id>.png`` (see the module doc); slides without one use the slide
             label for every patch.
@@ -197,6 +198,7 @@ class SyntheticBagsWorkflow:
         annotation_labels: dict[int, int] | None = None,
         png_real: int = 10,
         progress: bool = True,
+        storage: str = "float32",
     ) -> None:
         # Names and numbers are checked before any slide is read (monai_distill.checks: the message names the option).
         try:
@@ -233,6 +235,7 @@ class SyntheticBagsWorkflow:
         self.backend = option_choice(backend, "backend", BACKENDS, allow_none=True)
         self.png_real: int = option_int(png_real, "png_real", minimum=0)  # type: ignore[assignment]
         self.progress = option_bool(progress, "progress")
+        self.storage: str = option_choice(storage, "storage", BAG_STORAGE)  # type: ignore[assignment]
         self.annotations = Path(annotations) if annotations else None
         if self.annotations is not None and not self.annotations.is_dir():
             raise FileNotFoundError(f"--annotations: annotations folder '{self.annotations}' does not exist (one "
@@ -412,7 +415,9 @@ class SyntheticBagsWorkflow:
 
     # ------------------------------------------------------------------ one slide
     def _settings(self, cohort: dict[str, Any]) -> dict[str, Any]:
-        return {"method": self.method, "ipc": self.ipc, "arch": self.arch, "preset": self.preset.name,
+        # storage enters only when not the default, so bags written before the option keep their fingerprints.
+        extra = {} if self.storage == "float32" else {"storage": self.storage}
+        return {**extra, "method": self.method, "ipc": self.ipc, "arch": self.arch, "preset": self.preset.name,
                 "preset_fields": _digest(dataclasses.asdict(self.preset)), "options": cohort["options"],
                 "seed": self.seed,
                 "max_patches": self.max_patches, "mean": cohort["mean"], "std": cohort["std"],
@@ -442,6 +447,7 @@ class SyntheticBagsWorkflow:
             if len(real_bag) == 0:
                 raise BagError(f"slide '{grid.slide_id}' has no patch to distil.")
             bag = self._distil(real_bag, grid, self._patch_labels(sub, label), label, cohort, fingerprint)
+            bag = bag.compact(self.storage)
             save_bag(bag, path)
             self._png(bag, real_bag, cohort)
             row.update(n_patches=len(real_bag), n_synthetic=len(bag), status=DONE)

@@ -87,6 +87,7 @@ def line_plot(
     log_y: bool = False,
     size: tuple[int, int] = (720, 440),
     markers: bool = False,
+    xticklabels: Sequence[str] | None = None,
 ) -> Path:
     """Draw ``{name: (xs, ys)}`` as lines with axes, ticks, grid and a legend; non-finite points are skipped.
 
@@ -103,6 +104,8 @@ def line_plot(
             linear (an empty log axis has no limits).
         size: image size in pixels ``(width, height)``.
         markers: draw a dot at every point (few points, e.g. accuracy over time).
+        xticklabels: names of the categories at x = 0, 1, 2, ... (e.g. one per table column); the x axis then shows
+            these names instead of numbers.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -117,6 +120,9 @@ def line_plot(
                 marker="o" if markers or len(x) == 1 else None, markersize=4)
     if log_y and drawn:
         ax.set_yscale("log")
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), [str(t) for t in xticklabels])
+        ax.set_xlim(-0.5, len(xticklabels) - 0.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", color="0.9")

@@ -9,6 +9,8 @@ Modules:
     grid: level/mpp resolution (:class:`PatchSpec`), grid positions, tissue fraction per patch, :class:`PatchGrid`.
     tiling: :func:`tile_slide` (mask + grid of one slide).
     workflows: :class:`TilingWorkflow`, the cohort run of the ``wsi_tiling`` bundle (resumable, sharded by rank).
+    components: the reader, tissue masker, patch grid and writer a bundle config can replace (``reader_def``,
+        ``masker_def``, ``grid_def``, ``writer_def``) and their defaults.
     datasets: :class:`SlidePatchDataset` (MONAI ``PatchWSIDataset`` over saved grids).
     cohort: :func:`build_cohort`, pyramidal TIFF slides of real tissue with a known label
         (command line: ``python -m wsi cohort OUT --n_slides 12``).

@@ -6,6 +6,8 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +19,7 @@ from .reader import Slide
 from .thumbnail import draw_thumbnail
 from .tissue import TissueMaskConfig, tissue_mask
 
-__all__ = ["MaskImage", "NoTissueError", "SlideTiling", "TilingConfig", "read_mask_image", "tile_slide"]
+__all__ = ["MaskImage", "NoTissueError", "SlideTiling", "TilingConfig", "open_with", "read_mask_image", "tile_slide"]
 
 
 class NoTissueError(RuntimeError):
@@ -42,6 +44,9 @@ class TilingConfig:
         use_associated_thumbnail: let the mask come from the scanner's stored thumbnail when no pyramid level is small
             enough (single-level SVS).
         thumbnail_size: longest side of the saved thumbnail PNG.
+        components: the config-defined components that replace a default (``reader_def``, ``masker_def``,
+            ``grid_def``, ``writer_def``; see :mod:`wsi.components`), as their JSON definitions; empty with the
+            defaults, and then left out of :meth:`to_dict`, so that the fingerprint stays that of a run without them.
     """
 
     patch_size: int = 256
@@ -55,6 +60,7 @@ class TilingConfig:
     mpp_rtol: float = 0.1
     use_associated_thumbnail: bool = True
     thumbnail_size: int = 1024
+    components: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mask = TissueMaskConfig.from_any(self.mask)
@@ -68,6 +74,8 @@ class TilingConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mask"] = self.mask.to_dict()
+        if not d["components"]:
+            del d["components"]
         return d
 
     def fingerprint(self) -> str:
@@ -102,6 +110,7 @@ class SlideTiling:
     mask: np.ndarray
     mask_image: MaskImage
     n_candidates: int
+    reader: Callable[[str], Any] | None = None  # opens the slide again for a finer thumbnail (None: wsi.reader.Slide)
 
     def thumbnail(self, max_size: int = 1024, min_size: int = 512) -> Image.Image:
         """The slide with the tissue mask and the kept grid drawn on it.
@@ -112,7 +121,7 @@ class SlideTiling:
         img = self.mask_image.preview if self.mask_image.preview is not None else self.mask_image.image
         w0, h0 = self.grid.info.dimensions[0]
         if max(img.shape[:2]) < min(min_size, max(w0, h0)):
-            with Slide(self.grid.slide_path, backend=self.grid.info.backend) as slide:
+            with open_with(self.reader, self.grid.slide_path, self.grid.info.backend) as slide:
                 img = read_mask_image(slide, max(1.0, max(w0, h0) / max_size), preview_size=max_size).preview
         return draw_thumbnail(
             img,
@@ -122,6 +131,25 @@ class SlideTiling:
             self.grid.spec.footprint,
             max_size=max_size,
         )
+
+
+@contextmanager
+def open_with(reader: Callable[[str], Any] | None, path: str | os.PathLike, backend: str = "openslide"
+              ) -> Iterator[Any]:
+    """Open ``path`` with ``reader`` (``None``: :class:`~wsi.reader.Slide` with ``backend``) and close it after.
+
+    Args:
+        reader: a callable ``reader(path)`` that returns an open slide (see :mod:`wsi.components`), or ``None``.
+        path: the slide file.
+        backend: MONAI ``WSIReader`` backend of the default reader.
+    """
+    slide = Slide(path, backend=backend) if reader is None else reader(str(path))
+    try:
+        yield slide
+    finally:
+        close = getattr(slide, "close", None)
+        if callable(close):
+            close()
 
 
 def read_mask_image(
@@ -148,7 +176,9 @@ def read_mask_image(
     info = slide.info
     w0, h0 = info.dimensions[0]
     candidates: list[tuple[float, str]] = [(info.downsamples[lvl], f"level {lvl}") for lvl in range(info.level_count)]
-    thumb_size = slide.thumbnail_size() if use_associated_thumbnail else None
+    # (a reader of the user's own may have no stored thumbnail: then only the pyramid levels are candidates)
+    has_thumbnail = use_associated_thumbnail and callable(getattr(slide, "thumbnail_size", None))
+    thumb_size = slide.thumbnail_size() if has_thumbnail else None
     if thumb_size is not None:
         candidates.append((w0 / thumb_size[0], "associated thumbnail"))
     fine_enough = [c for c in candidates if c[0] <= target_downsample * 1.001]
@@ -200,6 +230,10 @@ def tile_slide(
     slide_id: str | None = None,
     label: Any = None,
     split: str | None = None,
+    *,
+    reader: Callable[[str], Any] | None = None,
+    masker: Callable[[np.ndarray], np.ndarray] | None = None,
+    grid: Any = None,
 ) -> SlideTiling:
     """Tissue mask + patch grid of one slide.
 
@@ -209,6 +243,12 @@ def tile_slide(
         slide_id: identifier; defaults to the file stem.
         label: slide label to store with the grid.
         split: split to store with the grid.
+        reader: opens the slide, ``reader(path)`` (``None``: :class:`~wsi.reader.Slide` with ``cfg.backend``).
+        masker: the tissue mask of the low-resolution image, ``masker(image)`` (``None``:
+            :func:`~wsi.tissue.tissue_mask` with ``cfg.mask``).
+        grid: ``grid.spec(info)`` and ``grid.positions(info, spec)`` (``None``: :func:`~wsi.grid.resolve_patch_spec`
+            and :func:`~wsi.grid.grid_positions` with ``cfg``'s patch size, level or mpp and stride).
+            :mod:`wsi.components` describes these interfaces.
 
     Raises:
         FileNotFoundError: missing file.
@@ -217,13 +257,19 @@ def tile_slide(
         NoTissueError: no patch passes ``cfg.tissue_threshold``.
     """
     cfg = cfg or TilingConfig()
-    with Slide(path, backend=cfg.backend) as slide:
+    with open_with(reader, path, cfg.backend) as slide:
         info = slide.info
-        spec = resolve_patch_spec(info, cfg.patch_size, cfg.level, cfg.mpp, cfg.stride, cfg.mpp_rtol)
+        if grid is None:
+            spec = resolve_patch_spec(info, cfg.patch_size, cfg.level, cfg.mpp, cfg.stride, cfg.mpp_rtol)
+        else:
+            spec = grid.spec(info)
         target_ds = max(1.0, min(float(cfg.mask_downsample), spec.footprint / 8.0))
         mimg = read_mask_image(slide, target_ds, cfg.use_associated_thumbnail, cfg.thumbnail_size)
-    mask = tissue_mask(mimg.image, cfg.mask)
-    positions = grid_positions(info.dimensions[0][0], info.dimensions[0][1], spec.footprint, spec.stride)
+    mask = tissue_mask(mimg.image, cfg.mask) if masker is None else masker(mimg.image)
+    if grid is None:
+        positions = grid_positions(info.dimensions[0][0], info.dimensions[0][1], spec.footprint, spec.stride)
+    else:
+        positions = grid.positions(info, spec)
     fractions = patch_tissue_fractions(mask, info.dimensions[0], positions, spec.footprint)
     keep = fractions >= cfg.tissue_threshold
     if not mask.any() or not keep.any():
@@ -231,7 +277,9 @@ def tile_slide(
             f"no tissue in '{path}': {mask.mean():.1%} of the mask is tissue and none of {len(positions)} patches "
             f"has a tissue fraction >= {cfg.tissue_threshold}."
         )
-    grid = PatchGrid(
+    # a masker of the user's own is recorded by its definition (its thresholds are its own business)
+    masker_record = cfg.components.get("masker_def")
+    grid_ = PatchGrid(
         slide_id=slide_id or os.path.splitext(os.path.basename(str(path)))[0],
         slide_path=info.path,
         label=label,
@@ -246,7 +294,7 @@ def tile_slide(
             "downsample": [round(d, 4) for d in mimg.downsample],
             "shape": list(mask.shape),
             "tissue_fraction": round(float(mask.mean()), 4),
-            "config": cfg.mask.to_dict(),
+            "config": cfg.mask.to_dict() if masker_record is None else {"masker_def": masker_record},
         },
     )
-    return SlideTiling(grid=grid, mask=mask, mask_image=mimg, n_candidates=len(positions))
+    return SlideTiling(grid=grid_, mask=mask, mask_image=mimg, n_candidates=len(positions), reader=reader)

@@ -16,27 +16,16 @@ from monai_distill.runs import FAILED_DIR, RunError, guarded_run, refuse_multipr
 from monai_distill.utils import atomic_write_json, check_output_dir
 
 from . import manifest as mf
+from .components import ComponentError, coords_path, grid_options, thumbnail_path, tiling_components
 from .distributed import barrier, dist_context, shard
-from .grid import PatchGrid
 from .reader import BACKENDS
 from .slides import SlideRecord, check_slide_files, list_slides
-from .thumbnail import save_thumbnail
 from .tiling import NoTissueError, TilingConfig, tile_slide
 from .tissue import TissueMaskConfig
 
 __all__ = ["TilingError", "TilingWorkflow", "coords_path", "thumbnail_path", "tiling_config"]
 
 logger = logging.getLogger(__name__)
-
-
-def coords_path(output_dir: str | os.PathLike, slide_id: str) -> Path:
-    """Where the patch grid of ``slide_id`` is written."""
-    return Path(output_dir) / "coords" / f"{slide_id}.json"
-
-
-def thumbnail_path(output_dir: str | os.PathLike, slide_id: str) -> Path:
-    """Where the thumbnail PNG of ``slide_id`` is written."""
-    return Path(output_dir) / "thumbnails" / f"{slide_id}.png"
 
 
 def tiling_config(
@@ -58,26 +47,18 @@ def tiling_config(
             ``--tissue_threshold 2``, both ``--level`` and ``--mpp``, an unknown ``--mask_options`` key); the message
             names the option, what it expects and what it got.
     """
-    level_ = option_int(level, "level", minimum=0, allow_none=True)
-    mpp_ = option_float(mpp, "mpp", minimum=0, min_inclusive=False, allow_none=True)
-    if level_ is not None and mpp_ is not None:
-        raise OptionError(f"--level and --mpp: give one of them (a pyramid level or microns per pixel), found "
-                          f"level {level_} and mpp {mpp_:g}.")
+    grid = grid_options(patch_size=patch_size, level=level, mpp=mpp, stride=stride, mpp_rtol=mpp_rtol,
+                        tissue_threshold=tissue_threshold)
     mask = option_dict(mask_options, "mask_options")
     try:
         mask_config = TissueMaskConfig.from_any(mask)
     except (KeyError, TypeError, ValueError) as e:
         raise OptionError(f"--mask_options: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     return TilingConfig(
-        patch_size=option_int(patch_size, "patch_size", minimum=1),  # type: ignore[arg-type]
-        level=level_,
-        mpp=mpp_,
-        stride=option_int(stride, "stride", minimum=1, allow_none=True),
-        tissue_threshold=option_float(tissue_threshold, "tissue_threshold", 0.0, 1.0),  # type: ignore[arg-type]
+        **grid,
         backend=option_choice(backend, "backend", BACKENDS),  # type: ignore[arg-type]
         mask_downsample=option_float(mask_downsample, "mask_downsample", minimum=1.0),  # type: ignore[arg-type]
         mask=mask_config,
-        mpp_rtol=option_float(mpp_rtol, "mpp_rtol", minimum=0.0),  # type: ignore[arg-type]
         thumbnail_size=option_int(thumbnail_size, "thumbnail_size", minimum=16),  # type: ignore[arg-type]
     )
 
@@ -104,6 +85,10 @@ class TilingWorkflow:
         OUT/manifest.csv                 slide_id, path, label, split, n_patches, status, seconds, error
         OUT/tiling_config.json           the parameters of the run
 
+    The slide reader, the tissue masker, the patch grid and the writer of these files are components that a config
+    can replace (``reader_def``, ``masker_def``, ``grid_def``, ``writer_def``; see :mod:`wsi.components`); their
+    defaults do what the flat options say.
+
     Every file is written atomically. A rerun skips slides already finished with the same parameters (``done`` or
     ``no_tissue``; ``failed`` ones are retried unless ``retry_failed`` is false). A slide that cannot be read is
     recorded as ``failed`` with the reason, and the others go on; options are checked when the workflow is built, and
@@ -126,6 +111,14 @@ class TilingWorkflow:
         thumbnail_size: longest side of the thumbnail PNGs.
         retry_failed: redo slides that failed in an earlier run.
         progress: show a progress bar (only on a terminal).
+        reader_def: the slide reader (config entry ``reader_def``: a ``"_mode_": "callable"`` definition, a class or
+            ``'module.Class'``); ``None``: :class:`~wsi.reader.Slide` with ``backend``.
+        masker_def: the tissue masker (``masker_def``); ``None``: :class:`~wsi.components.TissueMasker` with
+            ``mask_options`` and ``mask_downsample``.
+        grid_def: the patch grid (``grid_def``); ``None``: :class:`~wsi.components.PatchGridder` with ``patch_size``,
+            ``level``, ``mpp``, ``stride``, ``mpp_rtol`` and ``tissue_threshold``.
+        writer_def: the writer of grids and thumbnails (``writer_def``); ``None``:
+            :class:`~wsi.components.TilingWriter` with ``output_dir`` and ``thumbnail_size``.
     """
 
     def __init__(
@@ -144,15 +137,23 @@ class TilingWorkflow:
         thumbnail_size: int = 1024,
         retry_failed: bool = True,
         progress: bool = True,
+        reader_def: Any = None,
+        masker_def: Any = None,
+        grid_def: Any = None,
+        writer_def: Any = None,
     ) -> None:
         # Every option is checked here, before any slide is read: a bad value fails the run, not each slide.
         self.slides = slides
         self.output_dir = Path(output_dir)
-        self.config = tiling_config(
+        flat = tiling_config(
             patch_size=patch_size, level=level, mpp=mpp, stride=stride, tissue_threshold=tissue_threshold,
             backend=backend, mask_downsample=mask_downsample, mask_options=mask_options, mpp_rtol=mpp_rtol,
             thumbnail_size=thumbnail_size,
         )
+        # The defaults fold into the config (same outputs and fingerprint as the flat options); others are recorded.
+        self.config, self.components = tiling_components(flat, self.output_dir, reader_def=reader_def,
+                                                         masker_def=masker_def, grid_def=grid_def,
+                                                         writer_def=writer_def)
         self.retry_failed = option_bool(retry_failed, "retry_failed")
         self.progress = option_bool(progress, "progress")
 
@@ -163,11 +164,7 @@ class TilingWorkflow:
         if st is None or st.get("fingerprint") != self.config.fingerprint() or st.get("path") != str(record.path):
             return False
         if st.get("status") == mf.DONE:  # a damaged grid file (a killed copy, a full disk) is tiled again
-            try:
-                PatchGrid.load(coords_path(self.output_dir, record.slide_id))
-            except (OSError, ValueError, KeyError, TypeError):
-                return False
-            return True
+            return bool(self.components.writer.is_written(record.slide_id))
         if st.get("status") == mf.NO_TISSUE:
             return True
         return st.get("status") == mf.FAILED and not self.retry_failed
@@ -185,20 +182,21 @@ class TilingWorkflow:
             "seconds": 0.0,
             "error": "",
         }
+        parts = self.components
         try:
-            tiling = tile_slide(record.path, self.config, record.slide_id, record.label, record.split)
-            tiling.grid.save(coords_path(self.output_dir, record.slide_id))
-            thumb = tiling.thumbnail(self.config.thumbnail_size)
-            save_thumbnail(thumb, thumbnail_path(self.output_dir, record.slide_id))
+            tiling = tile_slide(record.path, self.config, record.slide_id, record.label, record.split,
+                                reader=parts.reader, masker=parts.masker, grid=parts.grid)
+            parts.writer.write(tiling)
             row.update(n_patches=len(tiling.grid), status=mf.DONE)
         except NoTissueError as e:
             row.update(status=mf.NO_TISSUE, error=_one_line(e))
+        except ComponentError:  # a component of the config that breaks its interface: the run stops, by its name
+            raise
         except Exception as e:  # a bad slide must not stop the cohort: record why and go on
             row.update(status=mf.FAILED, error=_one_line(e))
             logger.warning("slide %s failed: %s", record.slide_id, row["error"])
         if row["status"] != mf.DONE:  # outputs of an earlier run with other parameters would now be stale
-            coords_path(self.output_dir, record.slide_id).unlink(missing_ok=True)
-            thumbnail_path(self.output_dir, record.slide_id).unlink(missing_ok=True)
+            parts.writer.remove(record.slide_id)
         row["seconds"] = round(time.perf_counter() - start, 3)
         return row
 

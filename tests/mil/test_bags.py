@@ -49,6 +49,23 @@ def test_from_synthetic_set_keeps_units_and_label() -> None:
     assert torch.allclose(bag.pixels(), images * 0.25 + 0.5)
 
 
+def test_compact_storage_sizes_and_units(tmp_path: Path) -> None:
+    """float16 halves and uint8 quarters the file of a synthetic bag; both keep the pixels within their rounding."""
+    images = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.2
+    syn = SyntheticSet(images, torch.zeros(40, dtype=torch.long), meta={"mean": [0.5] * 3, "std": [0.25] * 3})
+    bag = Bag.from_synthetic_set(syn, "s", label=1)
+    sizes = {}
+    for storage in ("float32", "float16", "uint8"):
+        back = load_bag(save_bag(bag.compact(storage), tmp_path / f"{storage}.pt"))
+        sizes[storage] = (tmp_path / f"{storage}.pt").stat().st_size
+        err = (back.pixels() - bag.pixels().clamp(0, 1)).abs().max().item()
+        assert err <= {"float32": 0.0, "float16": 2e-3, "uint8": 0.5 / 255 + 1e-6}[storage], storage
+    assert back.patches.dtype == torch.uint8 and "mean" not in back.meta and back.meta["storage"] == "uint8"
+    assert sizes["float16"] < 0.55 * sizes["float32"] and sizes["uint8"] < 0.3 * sizes["float32"]
+    with pytest.raises(BagError, match="storage must be one of"):
+        bag.compact("int4")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -73,3 +73,18 @@ def test_save_figure_leaves_no_file_on_failure(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "bad.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_xticklabels_name_the_categories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Categories (e.g. table columns) at x = 0, 1, ... are labelled by name, with half a step of margin."""
+    import monai_distill.plotting as plotting
+
+    drawn = []
+    real = plotting.save_figure
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: drawn.append(fig) or real(fig, path))
+    series = {"a": ([0, 1, 2], [1.0, 2.0, 3.0]), "b": ([0], [2.0])}
+    path = line_plot(series, tmp_path / "cats.png", markers=True, xticklabels=["x ipc 2", "x ipc 10", "y ipc 2"])
+    assert _png(path).shape == (440, 720, 3)
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x ipc 2", "x ipc 10", "y ipc 2"]
+    assert ax.get_xlim() == (-0.5, 2.5)
