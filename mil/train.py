@@ -200,6 +200,33 @@ def collate_bags(bags: Sequence[Bag]) -> tuple[torch.Tensor, torch.Tensor, torch
     return x, mask, torch.tensor([b.label for b in bags], dtype=torch.long)
 
 
+def _balanced_accuracy(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> float:
+    """Mean recall over the classes present in ``labels``."""
+    recalls = [float((preds[labels == c] == c).float().mean()) for c in range(num_classes) if (labels == c).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def validation_threshold(probs: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """The threshold on ``P(class 1)`` that maximises balanced accuracy on validation bags (Youden's J), ties to the
+    one nearest 0.5; ``None`` unless the head is binary and the bags hold both classes.
+
+    Heads trained on few or synthetic bags are often well ranked (high AUC) but shifted in probability, so the 0.5
+    cut loses accuracy that the ranking has; the cut is chosen on validation bags only, never on the test slides.
+    """
+    if probs.ndim != 2 or probs.shape[1] != 2 or len(set(labels.tolist())) < 2:
+        return None
+    p = probs[:, 1].double()
+    values = torch.unique(p)
+    # Midpoints between neighbouring scores, plus one cut below all and one above all.
+    cuts = torch.cat([values[:1] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1:] + 1e-6])
+    best, best_cut = -1.0, 0.5
+    for cut in cuts.tolist():
+        score = _balanced_accuracy(labels, (p >= cut).long(), 2)
+        if score > best + 1e-12 or (abs(score - best) <= 1e-12 and abs(cut - 0.5) < abs(best_cut - 0.5)):
+            best, best_cut = score, cut
+    return float(best_cut)
+
+
 @dataclass
 class Predictions:
     """Per-slide outputs of a trained head.
@@ -220,18 +247,33 @@ class Predictions:
     probs: torch.Tensor
     instance_scores: list[torch.Tensor] = field(default_factory=list)
     loss: float = float("nan")
+    threshold: float | None = None
 
     @property
     def preds(self) -> torch.Tensor:
-        return self.probs.argmax(dim=1)
+        """Class of each slide: ``P(class 1) >= threshold`` for a binary head with a validation threshold, else
+        the most probable class."""
+        if self.threshold is None or self.probs.shape[1] != 2:
+            return self.probs.argmax(dim=1)
+        return (self.probs[:, 1] >= self.threshold).long()
 
     def metrics(self) -> dict[str, float]:
-        """``auc`` (MONAI ROC AUC, macro one-vs-rest; NaN with one class), ``acc``, ``balanced_acc``, ``loss``."""
-        return {**classification_metrics(self.probs, self.labels), "loss": float(self.loss)}
+        """``auc`` (MONAI ROC AUC, macro one-vs-rest; NaN with one class), ``acc``, ``balanced_acc``, ``loss``; with a
+        validation ``threshold`` the accuracies use it, and ``acc_at_0.5``/``balanced_acc_at_0.5`` keep the
+        most-probable-class ones."""
+        base = {**classification_metrics(self.probs, self.labels), "loss": float(self.loss)}
+        if self.threshold is None or self.probs.shape[1] != 2:
+            return base
+        preds = self.preds
+        return {**base, "acc_at_0.5": base["acc"], "balanced_acc_at_0.5": base["balanced_acc"],
+                "threshold": float(self.threshold), "acc": float((preds == self.labels).float().mean()),
+                "balanced_acc": _balanced_accuracy(self.labels, preds, 2)}
 
     def table(self) -> pd.DataFrame:
         rows = {"slide_id": self.slide_ids, "source": self.sources, "label": self.labels.tolist(),
                 "pred": self.preds.tolist()}
+        if self.threshold is not None and self.probs.shape[1] == 2:
+            rows["pred_at_0.5"] = self.probs.argmax(dim=1).tolist()
         for c in range(self.probs.shape[1]):
             rows[f"prob_{c}"] = [round(float(p), 6) for p in self.probs[:, c]]
         return pd.DataFrame(rows)
@@ -291,6 +333,8 @@ class MILTrainer:
         else:
             head = build_head(self.head_def, self.in_features, self.num_classes)
         self.model = MILModel(head, self.in_features).to(self.device)
+        # Decision threshold on P(class 1), chosen on the validation bags by fit(); None: the most probable class.
+        self.threshold: float | None = None
 
     # ------------------------------------------------------------------ steps
     def _forward_loss(self, bags: Sequence[Bag]) -> tuple[MILOutput, torch.Tensor, torch.Tensor]:
@@ -350,6 +394,9 @@ class MILTrainer:
                 self.model.load_state_dict(best_state)
             else:
                 best_epoch = len(history)
+            if val:
+                kept = self.predict(val)
+                self.threshold = validation_threshold(kept.probs, kept.labels)
         seconds = float(np.mean([h["train_seconds"] for h in history]))
         logger.info("%s: %d epoch(s), kept epoch %d, %.3f s/epoch", self.model_name, len(history), best_epoch, seconds)
         return TrainResult(history, best_epoch, len(history), seconds, stopped)
@@ -402,6 +449,7 @@ class MILTrainer:
             probs=torch.stack(probs),
             instance_scores=scores,
             loss=float(np.mean(losses)),
+            threshold=self.threshold,
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -416,6 +464,7 @@ class MILTrainer:
             "head_options": self.head_options,
             "head_def": None if self.head_def is None else component_spec(self.head_def),
             "train_config": asdict(self.config),
+            "threshold": self.threshold,
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "extra": extra or {},
         }
@@ -463,4 +512,5 @@ class MILTrainer:
         except RuntimeError as e:
             raise ValueError(f"'{path}': weights do not fit head '{trainer.model_name}': {e}") from e
         trainer.model.to(trainer.device)
+        trainer.threshold = state.get("threshold")  # checkpoints before thresholds: the most probable class
         return trainer, state.get("extra", {})

@@ -416,7 +416,10 @@ class _MILWorkflowBase:
             logger.warning("the %d held-out slide(s) all have label %d: AUC is undefined (null in metrics.json).",
                            len(test), int(preds.labels[0]))
         metrics = {"status": "finished", "model": trainer.model_name, "auc": m["auc"], "acc": m["acc"],
-                   "balanced_acc": m["balanced_acc"], **metrics, "num_classes": trainer.num_classes,
+                   "balanced_acc": m["balanced_acc"], "threshold": trainer.threshold,
+                   "acc_at_0.5": m.get("acc_at_0.5", m["acc"]),
+                   "balanced_acc_at_0.5": m.get("balanced_acc_at_0.5", m["balanced_acc"]),
+                   **metrics, "num_classes": trainer.num_classes,
                    "test_loss": m["loss"], "n_test_bags": len(test), "heatmaps": self._heatmaps(test, preds)}
         metrics = _json_clean(metrics)
         atomic_write_json(metrics, self.output_dir / "metrics.json")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mil.bags import Bag, BagDirectory, BagError
 from mil.heatmap import colormap, draw_heatmap, rank_normalize, save_attention_heatmap
-from mil.train import MILTrainer, collate_bags, torch_threads
+from mil.train import MILTrainer, Predictions, collate_bags, torch_threads, validation_threshold
 from mil.workflows import stratified_split
 
 NAMES = ["clam_sb", "clam_mb", "dsmil", "transmil", "abmil", "mean", "max"]
@@ -56,6 +56,33 @@ def test_checkpoint_round_trip(tmp_path: Path, feature_bags: list[Bag]) -> None:
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a monai-distill-mil checkpoint"):
         MILTrainer.load(tmp_path / "other.pt")
+
+
+def test_validation_threshold_on_hand_made_scores() -> None:
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert validation_threshold(probs, labels) == pytest.approx(0.25)  # midpoint of 0.2 and 0.3
+    assert validation_threshold(probs, torch.tensor([1, 1, 1, 1])) is None  # one class: no basis to choose
+    assert validation_threshold(torch.full((4, 3), 1 / 3), labels) is None  # not binary
+    preds = Predictions(["a", "b", "c", "d"], ["real"] * 4, labels, probs, threshold=0.25)
+    m = preds.metrics()
+    assert m["acc"] == 1.0 and m["balanced_acc"] == 1.0 and m["threshold"] == 0.25
+    assert m["acc_at_0.5"] == 0.5 and m["balanced_acc_at_0.5"] == 0.5  # every slide called class 0 at 0.5
+    assert preds.table()["pred_at_0.5"].tolist() == [0, 0, 0, 0] and preds.table()["pred"].tolist() == [0, 0, 1, 1]
+
+
+def test_threshold_is_chosen_on_val_and_kept_in_the_checkpoint(tmp_path: Path, feature_bags: list[Bag]) -> None:
+    train, val = stratified_split(feature_bags, 0.4, 0)
+    trainer = _trainer(epochs=3, seed=0)
+    trainer.fit(train, val)
+    kept = trainer.predict(val)
+    assert trainer.threshold == validation_threshold(kept.probs, kept.labels) and kept.threshold == trainer.threshold
+    assert kept.metrics()["balanced_acc"] >= kept.metrics()["balanced_acc_at_0.5"]
+    loaded, _ = MILTrainer.load(trainer.save(tmp_path / "model.pt"), device="cpu")
+    assert loaded.threshold == trainer.threshold
+    no_val = _trainer(epochs=1, seed=0)
+    no_val.fit(train)
+    assert no_val.threshold is None and "threshold" not in no_val.predict(val).metrics()
 
 
 def test_predictions_table_and_metrics(tmp_path: Path, feature_bags: list[Bag]) -> None:
