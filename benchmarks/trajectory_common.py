@@ -15,7 +15,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -168,10 +168,12 @@ class ResultsRecord:
         with _locked_json(self.path, write=False) as record:
             return self._cells(record)
 
-    def put(self, cell: Cell, metrics: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
-        """Store one finished cell; return every cell (other processes may have added some meanwhile)."""
+    def put(self, cell: Cell, metrics: dict[str, Any], keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+            ) -> dict[Cell, dict[str, Any]]:
+        """Store one finished cell (``keep(metrics)``, default :func:`record_entry`); return every cell (other
+        processes may have added some meanwhile)."""
         with _locked_json(self.path, write=True) as record:
-            record["|".join(map(str, cell))] = record_entry(metrics)
+            record["|".join(map(str, cell))] = (keep or record_entry)(metrics)
             return self._cells(record)
 
 

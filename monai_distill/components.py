@@ -42,6 +42,7 @@ from .networks import NETWORKS, get_network
 
 __all__ = [
     "NETWORK_ARGUMENTS",
+    "FlagDataset",
     "ProtocolSGD",
     "RegistryNetwork",
     "as_factory",
@@ -94,6 +95,34 @@ class RegistryNetwork:
 
     def __repr__(self) -> str:
         return f"RegistryNetwork({self.name!r})"
+
+
+class FlagDataset:
+    """The default of ``dataset_def``: the data that the flat flag ``--dataset`` names (a MedMNIST flag, or a user
+    ``.npz``/``.csv``), read by :func:`~monai_distill.data.load_dataset` (the workflows read it as "no replacement").
+
+    A replacement is any callable that takes ``split`` (``train``/``val``/``test``) and returns a
+    :class:`~monai_distill.data.RealDataset` (images normalised, labels as class indices), or a class whose
+    constructor takes no ``split`` and whose instances are such callables; ``dataset_dir`` and ``size`` are passed
+    to either when it accepts them and leaves them unset. Transforms belong inside it (e.g. a MONAI
+    ``Compose`` applied to each image as it loads).
+
+    Args:
+        name: the ``--dataset`` value, or ``None``.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = None if name is None or str(name).strip().lower() in ("", "none", "null") else str(name)
+
+    def __call__(self, split: str, dataset_dir: str = ".", size: int = 28) -> Any:
+        from .data import load_dataset
+
+        if self.name is None:
+            raise ValueError("FlagDataset(None) names no dataset; give a MedMNIST flag or a .npz/.csv path.")
+        return load_dataset(self.name, split=split, dataset_dir=dataset_dir, size=size)
+
+    def __repr__(self) -> str:
+        return f"FlagDataset({self.name!r})"
 
 
 class ProtocolSGD:

@@ -294,6 +294,7 @@ def evaluate_models(
     val: RealDataset | None = None,
     select_metric: str = "balanced_acc",
     optimizer: OptimizerDefinition | None = None,
+    on_model: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> EvalResult:
     """Train ``num_models`` fresh ``arch`` networks on ``images``/``labels`` and test each on ``test``.
 
@@ -322,6 +323,8 @@ def evaluate_models(
         optimizer: the optimiser of each network instead of the protocol's SGD (see :func:`protocol_optimizer`;
             ``lr`` is the set's learned lr or ``preset.eval_lr`` unless the definition sets it); the lr decay at half
             of the epochs stays.
+        on_model: called as ``on_model(k, net)`` with each trained network before it is dropped (the trust card's
+            membership attack reuses the evaluation networks this way); on this process's networks only.
     """
     epochs = int(epochs or preset.eval_epochs)
     k_total = int(num_models or preset.eval_models)
@@ -362,6 +365,8 @@ def evaluate_models(
                       on_epoch=selector, make_optimizer=make_optimizer)
         extra = selector.restore_best(net) if selector is not None else {}
         mine[k] = {**classification_metrics(predict(net, test.images, device), test.labels, shift), **extra}
+        if on_model is not None:
+            on_model(k, net)
     bar.close()
     if world > 1:
         gathered: list[dict[int, dict[str, float]]] = [{} for _ in range(world)]

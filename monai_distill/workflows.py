@@ -35,16 +35,20 @@ from .checks import (
     option_str,
 )
 from .components import (
+    FlagDataset,
     ProtocolSGD,
     RegistryNetwork,
     as_factory,
+    build_component,
     check_network,
     check_optimizer,
     component_label,
     component_spec,
+    component_target,
+    factory_from_spec,
     registered_networks,
 )
-from .data import RealDataset, SyntheticSet, load_dataset
+from .data import DataError, RealDataset, SyntheticSet, load_dataset
 from .data.medmnist import MEDMNIST_SIZES, medmnist_info, medmnist_path
 from .evaluation import EvalResult, OptimizerDefinition, class_prior, evaluate_models, evaluate_synthetic
 from .methods import DistillConfig, Distiller, get_method
@@ -53,6 +57,7 @@ from .plotting import line_plot
 from .presets import Preset, deep_merge, get_preset, method_settings
 from .progress import progress_bar
 from .runs import RunError, guarded_run, refuse_multiprocess_without_config
+from .trust import CARD_FILES, CardOptions, TrustCard, write_card
 from .utils import (
     atomic_path,
     atomic_torch_save,
@@ -168,12 +173,20 @@ class _Workflow:
         progress: bool = True,
         eval_network_def: Any = None,
         eval_optimizer_def: Any = None,
+        dataset_def: Any = None,
     ) -> None:
         # Every option is checked here, before any data is read or time is spent (names, types, ranges); the
         # errors name the option. Files are checked last, by _check_dataset.
         refuse_multiprocess_without_config(f"the bundle ({type(self).__name__})")
         self.output_dir = Path(str(option_str(output_dir, "output_dir")))
         self.dataset = option_str(dataset, "dataset", allow_none=True)
+        # dataset_def: FlagDataset(@dataset) (the default) means "as without the entry"; another definition replaces
+        # --dataset, and its label (class name and digest) stands for the dataset's name in records and configs.
+        self.dataset_def = as_factory(dataset_def, "dataset_def")
+        if isinstance(self.dataset_def, FlagDataset):
+            self.dataset, self.dataset_def = self.dataset or self.dataset_def.name, None
+        elif self.dataset_def is not None:
+            self.dataset = component_label(self.dataset_def)
         self.dataset_dir = str(option_str(dataset_dir, "dataset_dir"))
         self.size = option_int(size, "size", minimum=1, allow_none=True)
         self.preset_name = str(option_str(preset, "preset"))
@@ -209,13 +222,13 @@ class _Workflow:
     def _component_specs(self) -> dict[str, Any]:
         """The config-defined components as JSON (recorded in metrics.json); empty with the registry defaults."""
         defined = {"network_def": getattr(self, "network_def", None), "eval_network_def": self.eval_network_def,
-                   "eval_optimizer_def": self.eval_optimizer_def}
+                   "eval_optimizer_def": self.eval_optimizer_def, "dataset_def": self.dataset_def}
         return {entry: component_spec(factory) for entry, factory in defined.items() if factory is not None}
 
     def _check_dataset(self) -> None:
         """``--dataset`` exists: a readable ``.npz``/``.csv``, or a known MedMNIST flag whose file (at ``--size``,
-        when known) is in ``--dataset_dir``."""
-        if self.dataset is None:
+        when known) is in ``--dataset_dir``. A ``dataset_def`` is checked when it first loads."""
+        if self.dataset is None or self.dataset_def is not None:
             return
         suffix = Path(self.dataset).suffix.lower()
         if suffix in (".npz", ".csv"):
@@ -269,6 +282,8 @@ class _Workflow:
 
     def _dataset_ref(self) -> str | None:
         """What ``--dataset`` must be to load this data again: the flag, or the absolute path of a user file."""
+        if self.dataset_def is not None:
+            return None  # the set records its dataset_def instead
         if self.dataset is None or Path(str(self.dataset)).suffix == "":
             return self.dataset
         return str(Path(str(self.dataset)).resolve())
@@ -279,7 +294,27 @@ class _Workflow:
         return get_preset(self.preset_name, spatial_dims, **overrides)
 
     def _load(self, split: str) -> RealDataset:
-        return load_dataset(self.dataset, split=split, dataset_dir=self.dataset_dir, size=self.size or 28)
+        if self.dataset_def is None:
+            return load_dataset(self.dataset, split=split, dataset_dir=self.dataset_dir, size=self.size or 28)
+        values = {"split": split, "dataset_dir": self.dataset_dir, "size": self.size or 28}
+        ds = build_component(self.dataset_def, "dataset_def", values, what=f"the {split} split")
+        if not isinstance(ds, RealDataset) and callable(ds) and not isinstance(ds, type):
+            # A class whose constructor takes no split builds a data source; the source is called per split.
+            ds = build_component(ds, "dataset_def", values, what=f"the {split} split")
+        if not isinstance(ds, RealDataset):
+            raise OptionError(f"--dataset_def {component_target(self.dataset_def)}: returned "
+                              f"{type(ds).__name__} for split '{split}', expected a monai_distill.data.RealDataset.")
+        return ds
+
+    def _dataset_from_set(self, syn: SyntheticSet) -> None:
+        """Read the set's data again when no dataset is given: its ``dataset_def`` or its ``--dataset``."""
+        if self.dataset or self.dataset_def is not None:
+            return
+        if syn.meta.get("dataset_def"):
+            self.dataset_def = factory_from_spec(syn.meta["dataset_def"], "dataset_def")
+            self.dataset = component_label(self.dataset_def)
+        else:
+            self.dataset = syn.meta.get("dataset_ref") or syn.meta.get("dataset")
 
     def _write_metrics(self, metrics: dict[str, Any]) -> Path:
         path = self.output_dir / "metrics.json"
@@ -299,6 +334,68 @@ class _Workflow:
             "machine": _machine(),
             "version": __version__,
         }
+
+
+class _CardMixin:
+    """Writes the trust card (:mod:`monai_distill.trust`) of a set beside it: ``card.json``, ``card.md``,
+    ``card_neighbours.png``."""
+
+    card_options: CardOptions
+    output_dir: Path
+    seed: int
+    device: torch.device
+
+    def _val_or_none(self) -> RealDataset | None:
+        try:
+            return self._load("val")  # type: ignore[attr-defined]
+        except (FileNotFoundError, KeyError, ValueError, DataError) as e:
+            logger.warning("trust card: no val split to train the calibration reference on (%s).", e)
+            return None
+
+    def _card_builder(self, syn: SyntheticSet, train: RealDataset, test: RealDataset | None, arch: str,
+                      preset: Preset) -> TrustCard:
+        test = test if test is not None else self._load("test")  # type: ignore[attr-defined]
+        return TrustCard(syn, train, test, self._val_or_none(), arch, preset, self.seed, self.device,
+                         self.card_options)
+
+    def _write_card(self, builder: TrustCard, settings: dict[str, Any], provenance: dict[str, Any],
+                    keep_going: bool = True) -> dict[str, Any]:
+        """Build and write the card; return its summary for ``metrics.json``. With ``keep_going`` (after a
+        distillation) a failure is logged and recorded as an ``error`` entry: the set is saved and valid and must
+        not be discarded for its card."""
+        try:
+            if not builder.observed:
+                builder.train_targets(builder.options.target_models)
+            card = builder.build(settings, provenance)
+            if is_main_process():
+                write_card(card, builder, self.output_dir)
+                logger.info("wrote the trust card %s (%.1f s)", self.output_dir / CARD_FILES[1], card["card_seconds"])
+            return card_summary(card)
+        except (RuntimeError, ValueError, OSError) as e:
+            if not keep_going:
+                raise
+            logger.error("trust card failed (%s: %s); the synthetic set is saved.", type(e).__name__, e)
+            return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _card_settings(syn: SyntheticSet) -> dict[str, Any]:
+    """What a set depends on, for the card's hash: its config hash (method, options, seeds, preset, networks) and
+    its expert buffer (the recipe's directory name), the same whether the card is written by the run or later."""
+    buffers = syn.meta.get("buffer_dir")
+    return {"config_hash": syn.meta.get("config_hash"), "buffers": Path(buffers).name if buffers else None,
+            "method": syn.meta.get("method"), "seed": syn.meta.get("seed")}
+
+
+def card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a card that ``metrics.json`` repeats: hash, seconds, near-copies, attack AUCs."""
+    out = {"hash": card["hash"], "card_seconds": card["card_seconds"],
+           "n_near_copies": card["nearness"]["n_near_copies"]}
+    for target, attacks in card["membership"].items():
+        if isinstance(attacks, dict):
+            for name in ("loss", "calibrated"):
+                if name in attacks:
+                    out[f"mia_auc_{target}_{name}"] = attacks[name]["auc"]
+    return out
 
 
 def _train_prior(syn: SyntheticSet) -> torch.Tensor | None:
@@ -338,7 +435,7 @@ def _postfix(losses: dict[str, float]) -> dict[str, str]:
     return {names.get(k, k): (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in losses.items()}
 
 
-class DistillWorkflow(_Workflow):
+class DistillWorkflow(_CardMixin, _Workflow):
     """Distil ``dataset`` with ``method`` into ``ipc`` images per class, save it, then evaluate it.
 
     Writes ``synthetic.pt`` (a :class:`SyntheticSet`), ``synthetic.png`` (class-by-ipc grid) and
@@ -387,9 +484,13 @@ class DistillWorkflow(_Workflow):
         checkpoint_every: int = 50,
         eval_every: int = 0,
         network_def: Any = None,
+        card: bool = True,
+        card_options: dict[str, Any] | None = None,
         **common: Any,
     ) -> None:
         super().__init__(output_dir, dataset=dataset, size=size, **common)
+        self.card = option_bool(card, "card")
+        self.card_options = CardOptions.from_dict(option_dict(card_options, "card_options"))
         # Fail on names and values before any data is read or time is spent.
         if self.dataset is None:
             raise OptionError("--dataset is required: a MedMNIST flag, or the path of a .npz or .csv file.")
@@ -444,7 +545,7 @@ class DistillWorkflow(_Workflow):
         cfg = DistillConfig(ipc=self.ipc, arch=self.arch, preset=preset, seed=self.seed, options=options)
         return self.method_cls(train, cfg, self.device), train, preset, options
 
-    FINAL_ARTEFACTS: tuple[str, ...] = ("synthetic.pt", "synthetic.png", "metrics.json")
+    FINAL_ARTEFACTS: tuple[str, ...] = ("synthetic.pt", "synthetic.png", "metrics.json", *CARD_FILES)
 
     def run(self) -> dict[str, Any]:
         """Distil (checkpointing, evaluating along the way), save, evaluate; return the metrics of ``metrics.json``.
@@ -507,10 +608,12 @@ class DistillWorkflow(_Workflow):
         }
         if progress.history:
             metrics["final_losses"] = progress.history[-1]
+        card = self._card_builder(syn, train, test, self.eval_arch, preset) if self.card else None
         if self.evaluate:
             result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device,
                                         progress=self.progress, target_prior=_train_prior(syn),
-                                        optimizer=self.eval_optimizer_def)
+                                        optimizer=self.eval_optimizer_def,
+                                        on_model=card.observe if card is not None else None)
             metrics.update(self._common_metrics(preset, result))
             if self.eval_every:
                 self._record_eval(progress, result, preset)
@@ -519,6 +622,13 @@ class DistillWorkflow(_Workflow):
             metrics.update(preset=preset.name, seed=self.seed, device=str(self.device), machine=_machine())
         if progress.eval_history:
             metrics["eval_history"] = progress.eval_history
+        if card is not None:
+            buffers = getattr(distiller, "experts", None)
+            if buffers is not None and hasattr(distiller, "expert_network"):
+                card.real_network(distiller.expert_network(0), f"expert 0 of {buffers.directory.name}, last epoch")
+            metrics["card"] = self._write_card(card, _card_settings(syn), {
+                "device": str(self.device), "machine": _machine(), "distill_seconds": metrics["distill_seconds"],
+                "config": config})
         metrics["peak_memory_mb"] = peak_memory_mb(self.device)
         self._write_metrics(metrics)
         return metrics
@@ -557,6 +667,8 @@ class DistillWorkflow(_Workflow):
         )
         if self.network_def is not None:  # the label in meta["arch"] is no registry name: say what it stands for
             syn.meta["network_def"] = component_spec(self.network_def)
+        if self.dataset_def is not None:
+            syn.meta["dataset_def"] = component_spec(self.dataset_def)
         if is_main_process():
             syn.save(self.output_dir / "synthetic.pt")
             syn.to_png(self.output_dir / "synthetic.png")
@@ -790,7 +902,7 @@ class EvaluateWorkflow(_Workflow):
         full = self.synthetic.lower() == "full"
         syn = None if full else SyntheticSet.load(self.synthetic)
         if syn is not None:
-            self.dataset = self.dataset or syn.meta.get("dataset_ref") or syn.meta.get("dataset")
+            self._dataset_from_set(syn)
             self.size = self.size or syn.meta.get("size")
         if not self.dataset:
             raise ValueError("the dataset is not recorded in the synthetic set; pass --dataset.")
@@ -856,3 +968,72 @@ class EvaluateWorkflow(_Workflow):
         }
         self._write_metrics(metrics)
         return metrics
+
+
+class CardWorkflow(_CardMixin, _Workflow):
+    """Write the trust card of an existing ``synthetic.pt`` (``card.json``, ``card.md``, ``card_neighbours.png``).
+
+    The membership attack trains ``card_options.target_models`` networks on the set with the evaluation protocol
+    (a distillation run instead attacks its own evaluation networks).
+
+    Args:
+        synthetic: path of a ``synthetic.pt``.
+        output_dir: where the card goes; default the set's directory.
+        arch: registry network of the attack targets and the real-data network; default the set's ``arch``.
+        dataset: dataset flag/path; default the one recorded in the set.
+        size: image size; default the one recorded in the set.
+        card_options: :class:`~monai_distill.trust.CardOptions` fields.
+        common: ``preset`` (default the set's), ``seed`` (default the set's), ``device``, ``dataset_dir``,
+            ``eval_models``, ``eval_epochs``, ``preset_overrides``, ``progress`` (see :class:`_Workflow`).
+    """
+
+    def __init__(self, synthetic: str, output_dir: str | None = None, arch: str | None = None,
+                 dataset: str | None = None, size: int | None = None, card_options: dict[str, Any] | None = None,
+                 **common: Any) -> None:
+        self.synthetic = str(option_str(synthetic, "synthetic"))
+        option_file(self.synthetic, "synthetic")
+        out = option_str(output_dir, "output_dir", allow_none=True) or str(Path(self.synthetic).parent)
+        # preset and seed default to the set's own (None), read when the set is loaded.
+        self._preset_given = common.get("preset") is not None
+        self._seed_given = common.get("seed") is not None
+        common = {k: v for k, v in common.items() if not (k in ("preset", "seed") and v is None)}
+        super().__init__(out, dataset=dataset, size=size, **common)
+        self.arch = option_str(arch, "arch", allow_none=True)
+        if self.arch:
+            NETWORKS.get(str(self.arch).lower())
+        self.card_options = CardOptions.from_dict(option_dict(card_options, "card_options"))
+        self._check_dataset()
+
+    FINAL_ARTEFACTS: tuple[str, ...] = CARD_FILES
+
+    def run(self) -> dict[str, Any]:
+        """Build and write the card; return its summary (the output directory is locked meanwhile)."""
+        with guarded_run(self.output_dir, self.FINAL_ARTEFACTS, extra={"workflow": type(self).__name__}):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        check_output_dir(self.output_dir)
+        syn = SyntheticSet.load(self.synthetic)
+        self._dataset_from_set(syn)
+        self.size = self.size or syn.meta.get("size")
+        if not self.dataset:
+            raise OptionError("the dataset is not recorded in the synthetic set; pass --dataset.")
+        arch = str(self.arch or syn.meta.get("arch") or "convnet").lower()
+        if arch not in NETWORKS:
+            raise OptionError(f"--synthetic '{self.synthetic}' records the network '{arch}', which is no registry "
+                              "name; choose one with --arch (" + ", ".join(NETWORKS.names()) + ").")
+        train = self._load("train")
+        self._check_split(train)
+        where = f"the train split of '{train.source or train.name}'"
+        check_num_classes(syn.num_classes, train.num_classes, f"synthetic set '{self.synthetic}'", where)
+        check_same_images(syn.images.shape[1:], train.images.shape[1:], f"synthetic set '{self.synthetic}'", where)
+        if not self._preset_given and syn.meta.get("preset"):
+            self.preset_name = str(syn.meta["preset"])  # the protocol the set was made for
+        preset = self._preset(train.spatial_dims)
+        if not self._seed_given and syn.meta.get("seed") is not None:
+            self.seed = int(syn.meta["seed"])
+        seed_everything(self.seed)
+        builder = self._card_builder(syn, train, None, arch, preset)
+        return self._write_card(builder, _card_settings(syn), {
+            "device": str(self.device), "machine": _machine(), "distill_seconds": syn.meta.get("distill_seconds"),
+            "synthetic": str(Path(self.synthetic).resolve())}, keep_going=False)

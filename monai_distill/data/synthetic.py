@@ -185,17 +185,32 @@ class SyntheticSet:
             ``path`` as a :class:`~pathlib.Path`.
         """
         labels = self.hard_labels.cpu()
-        tiles = [_tile(img) for img in self.denormalised()]  # each (H, W, 3) float in [0, 1]
-        th = max(t.shape[0] for t in tiles)
-        tw = max(t.shape[1] for t in tiles)
-        scale = max(1, math.ceil(tile_px / min(th, tw)))
-        rows = [[tiles[i] for i in torch.nonzero(labels == c).flatten().tolist()[:max_per_class]]
+        shown = self.denormalised()  # [0, 1] display units
+        rows = [[shown[i] for i in torch.nonzero(labels == c).flatten().tolist()[:max_per_class]]
                 for c in range(self.num_classes)]
-        mosaic = _mosaic(rows, (th, tw), _GAP)
-        mosaic = np.repeat(np.repeat(mosaic, scale, axis=0), scale, axis=1)
-        names = self._class_names() if row_names else []
-        fig = _grid_figure(mosaic, names, row_px=(th + _GAP) * scale, first_centre=(_GAP + th / 2) * scale)
-        return save_figure(fig, path)
+        return image_grid_png(rows, path, self._class_names() if row_names else [], tile_px=tile_px)
+
+
+def image_grid_png(rows: list[list[torch.Tensor]], path: str | Path, names: list[str] | None = None,
+                   tile_px: int = 64) -> Path:
+    """Draw images in rows, pixel for pixel, with an optional name left of each row; write a PNG atomically.
+
+    Args:
+        rows: per row, images (C, H, W) or (C, D, H, W) in [0, 1] display units; 3D images show their three
+            orthogonal middle slices.
+        path: PNG file to write.
+        names: one label per row (empty or ``None``: no label column).
+        tile_px: minimum drawn size of one image (small images are upscaled with nearest neighbour).
+    """
+    tiles = [[_tile(img.detach().float().cpu().clamp(0, 1)) for img in row] for row in rows]
+    flat = [t for row in tiles for t in row] or [np.ones((1, 1, 3), dtype=np.float32)]
+    th = max(t.shape[0] for t in flat)
+    tw = max(t.shape[1] for t in flat)
+    scale = max(1, math.ceil(tile_px / min(th, tw)))
+    mosaic = _mosaic(tiles, (th, tw), _GAP)
+    mosaic = np.repeat(np.repeat(mosaic, scale, axis=0), scale, axis=1)
+    fig = _grid_figure(mosaic, list(names or []), row_px=(th + _GAP) * scale, first_centre=(_GAP + th / 2) * scale)
+    return save_figure(fig, path)
 
 
 def _mosaic(rows: list[list[np.ndarray]], tile: tuple[int, int], gap: int) -> np.ndarray:

@@ -14,6 +14,7 @@ The student is the registered network evaluated with :func:`torch.func.functiona
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
@@ -300,9 +301,11 @@ class TrajectoryDistiller(Distiller):
         if self.experts.num_params != self.fnet.num_params:
             raise ValueError(f"experts have {self.experts.num_params} parameters, the network {self.fnet.num_params}.")
         c, ipc = self.real.num_classes, self.cfg.ipc
+        self.init_indices: torch.Tensor | None = None
         if self.opts.init == "real":
             # The random coreset's first draw with the same seed: a trajectory method starts from that coreset.
-            images = self.real.images[self.sampler.balanced_indices(ipc, self.generator)].clone()
+            self.init_indices = self.sampler.balanced_indices(ipc, self.generator)
+            images = self.real.images[self.init_indices].clone()
         else:
             images = torch.randn((c * ipc, *self.real.images.shape[1:]), generator=self.generator)
         self.images = images.to(self.device).requires_grad_(True)
@@ -314,6 +317,15 @@ class TrajectoryDistiller(Distiller):
         self.opt_img = torch.optim.SGD([self.images], lr=self.opts.lr_img, momentum=self.opts.img_momentum)
         self.opt_lr = torch.optim.SGD([self.lr_raw], lr=self.opts.lr_lr, momentum=self.opts.img_momentum)
         self.setup()
+
+    def expert_network(self, index: int = 0) -> nn.Module:
+        """Expert ``index`` at its last epoch as a module (a network trained on the whole real train split)."""
+        if self.experts is None:
+            raise RuntimeError(f"{self.name}: the experts are not loaded; call init_synthetic() first.")
+        net = copy.deepcopy(self.fnet.net)
+        last = self.experts.trajectory(index)[-1].to(self.device).float()
+        torch.nn.utils.vector_to_parameters(last, net.parameters())
+        return net
 
     def setup(self) -> None:
         """Method-specific state once images and labels exist (soft labels, halves, masks, EMA)."""
@@ -426,6 +438,8 @@ class TrajectoryDistiller(Distiller):
             "iterations": self.iteration,
             "buffer_dir": str(self.experts.directory) if self.experts is not None else None,
             "buffer_settings": self.buffer_settings.to_dict(),
+            # The real images the set started from (real initialisation): the trust card attacks them directly.
+            "init_indices": self.init_indices.tolist() if getattr(self, "init_indices", None) is not None else None,
         }
         return SyntheticSet(
             self.final_images().detach().cpu().clone(),

@@ -130,6 +130,53 @@ def test_user_network_class_from_the_working_directory(medmnist_dir: Path, tmp_p
     assert SyntheticSet.load(out / "synthetic.pt").images.shape == (4, 1, 28, 28)
 
 
+USER_DATA = '''
+from monai_distill.data import load_dataset
+
+
+class EveryOther:
+    """A user's data: BreastMNIST with every other training image, flipped left-right (a transform inside)."""
+
+    def __init__(self, dataset_dir, stride=2):
+        self.dataset_dir, self.stride = dataset_dir, stride
+
+    def __call__(self, split):
+        ds = load_dataset("breastmnist", split=split, dataset_dir=self.dataset_dir)
+        if split == "train":
+            ds.images, ds.labels = ds.images[:: self.stride].flip(-1), ds.labels[:: self.stride]
+        return ds
+
+
+def not_data(split):
+    return [split]
+'''
+
+
+def test_user_dataset_definition_distils_evaluates_and_cards(medmnist_dir: Path, tmp_path: Path) -> None:
+    """``--dataset_def#_target_`` names a user class (own arguments, a transform inside): the run reads its data,
+    records the definition in the set, and ``evaluate.json`` reads the same data again from the set alone."""
+    (tmp_path / "mydata.py").write_text(USER_DATA)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    user = {"dataset_def#_target_": "mydata.EveryOther", "dataset_def#dataset_dir": str(medmnist_dir)}
+    cmd = bundle_cmd(str(REPO_ROOT / TRAIN_2D), method="random", ipc=2, output_dir=out, **user, **TINY)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _metrics(out)
+    assert m["dataset"] == "breastmnist" and m["data"]["n_images"] == 273  # 546 / 2
+    assert m["config"]["dataset"].startswith("everyother@")
+    assert m["config"]["dataset_def"]["_target_"] == "mydata.EveryOther"
+    syn = SyntheticSet.load(out / "synthetic.pt")
+    assert syn.meta["dataset_def"]["dataset_dir"] == str(medmnist_dir) and syn.meta["dataset_ref"] is None
+    cmd = bundle_cmd(str(REPO_ROOT / EVAL_2D), synthetic=out / "synthetic.pt", output_dir=tmp_path / "ev", **TINY)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _metrics(tmp_path / "ev")["dataset"] == "breastmnist"
+    last = _cli_error(str(REPO_ROOT / TRAIN_2D), cwd=tmp_path, method="random", ipc=2, output_dir=tmp_path / "bad",
+                      **{"dataset_def#_target_": "mydata.not_data"}, **TINY)
+    assert last.startswith(PREFIX) and "dataset_def" in last and "RealDataset" in last
+
+
 def test_flat_arch_equals_an_explicit_definition_of_the_same_network(medmnist_dir: Path, tmp_path: Path) -> None:
     """``--arch convnet`` (the flat shortcut, as before the components existed) and a ``network_def`` naming the
     registry's ConvNet with the preset's settings give the same synthetic set and the same test numbers (CPU, same
@@ -205,12 +252,14 @@ def test_definition_helpers() -> None:
 
 
 _DISTILL_DEFS = ("network_def", "eval_network_def", "eval_optimizer_def")
+_MEDMNIST_DEFS = (*_DISTILL_DEFS, "dataset_def")
+_WSI_DEFS = ("reader_def", "masker_def", "grid_def", "writer_def")
 
 
 @pytest.mark.parametrize(("bundle", "definitions"), [
-    ("medmnist2d_distillation", _DISTILL_DEFS), ("organmnist3d_distillation", _DISTILL_DEFS),
+    ("medmnist2d_distillation", _MEDMNIST_DEFS), ("organmnist3d_distillation", _MEDMNIST_DEFS),
     ("histodd_patches", _DISTILL_DEFS), ("mil_slide_classification", ("head_def", "encoder_def")),
-    ("wsi_tiling", ()), ("wsi_synthetic_bags", ()),
+    ("wsi_tiling", _WSI_DEFS), ("wsi_synthetic_bags", _WSI_DEFS),
 ])
 def test_every_component_entry_is_documented(bundle: str, definitions: tuple[str, ...]) -> None:
     """Each bundle's README lists every top-level entry of its configs under "Entries you can override", with one

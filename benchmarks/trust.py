@@ -1,0 +1,156 @@
+"""Trust cards of every method's ipc 10 set: utility beside nearness and membership-inference figures.
+
+Reads the synthetic sets that ``benchmarks/trajectory.py`` made (``runs/bench_trajectory/<preset>/<dataset>/
+<method>_ipc<ipc>/seed<seed>/synthetic.pt``), writes each set's card with the ``card`` bundle config (the attack
+trains ``--target_models`` networks on the set with the evaluation protocol) into ``runs/bench_trust/...``, and
+tabulates them with the balanced accuracy of the same set from ``trajectory.json``. Resumable: a finished card is
+reused, and ``trust.json`` keeps every card's figures.
+
+Usage (repo root)::
+
+    OMP_NUM_THREADS=1 python benchmarks/trust.py                      # every set that exists
+    OMP_NUM_THREADS=1 python benchmarks/trust.py --datasets breastmnist --methods random ptm
+    python benchmarks/trust.py --table_only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import trajectory_common as bench
+from trajectory import METHODS
+
+GOAL_AUC = 0.55
+TARGETS = (("synthetic", "synthetic-trained, members: source train images"),
+           ("synthetic_own", "synthetic-trained, members: the real images the set holds or started from"),
+           ("real_subset", "equal-size real subset, members: its images"),
+           ("full_data", "full train split"))
+
+
+def keep(card: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a card that the table shows."""
+    n, m = card["nearness"], card["membership"]
+    out: dict[str, Any] = {
+        "hash": card["hash"], "card_seconds": card["card_seconds"], "n_images": card["reproducibility"]["n_images"],
+        "n_near_copies": n["n_near_copies"], "pixel_threshold": n["pixel_threshold"],
+        "pixel_rms_min": n["synthetic"]["pixel_rms"]["min"], "pixel_rms_median": n["synthetic"]["pixel_rms"]["median"],
+        "ssim_max": n["synthetic"]["ssim"]["max"],
+        "embedding_cosine_min": n["synthetic"].get("embedding_cosine", {}).get("min"),
+        "subset_pixel_rms_median": n["real_subset"]["pixel_rms"]["median"],
+        "subset_heldout_balanced_acc": (m.get("real_subset") or {}).get("heldout_balanced_acc"),
+    }
+    for target, _ in TARGETS:
+        for attack in ("loss", "calibrated"):
+            res = (m.get(target) or {}).get(attack)
+            if res:
+                out[f"{target}_{attack}"] = [res["auc"], *res["auc_ci"],
+                                             next(v for k, v in res.items() if k.startswith("tpr_at_"))]
+    return out
+
+
+def _auc(cell: dict[str, Any], key: str) -> str:
+    v = cell.get(key)
+    return f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" if v else "–"
+
+
+def table(cards: dict, utility: dict, args: argparse.Namespace, seconds: float | None) -> list[str]:
+    lines = [
+        f"# Trust cards at ipc {args.ipc}: utility, nearness to real patients, membership inference",
+        "",
+        f"Machine: {bench.machine(args.device, args.threads)}. Preset `{args.preset}` sets from "
+        f"`benchmarks/trajectory.py` (seed {args.seed}); cards by `OMP_NUM_THREADS=1 python benchmarks/trust.py` "
+        f"({args.target_models} target network(s) trained on each set with the protocol's epochs; default card "
+        "options otherwise)" + (f"; this invocation {seconds / 60:.0f} min" if seconds else "") + ".",
+        "",
+        "Utility: test balanced accuracy of the same set (mean over its evaluation networks, `trajectory.json`). "
+        "Near-copies: synthetic images closer to a training image than 99 % of training images are to their nearest "
+        "other one (RMS in normalised units). Attack AUC with 95 % bootstrap interval; members are train images, "
+        "non-members test images; *loss* is the loss-threshold attack, *cal.* the difficulty-calibrated one "
+        f"(reference network trained on the val split). The goal for PTM is an AUC <= {GOAL_AUC} on its own "
+        "synthetic-trained networks.",
+        "",
+    ]
+    for d in args.datasets:
+        rows = [m for m in METHODS if (d, m, args.ipc, args.seed) in cards]
+        if not rows:
+            continue
+        lines += [f"## {d}", "",
+                  "| method | balanced acc % | near-copies | pixel RMS to nearest (min / median) | SSIM max | "
+                  "attack AUC, loss | attack AUC, cal. | cal. AUC on its own/initial real images | "
+                  "real subset: cal. AUC | full data: cal. AUC | card s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m in rows:
+            c = cards[(d, m, args.ipc, args.seed)]
+            u = utility.get((d, m, args.ipc, args.seed), {}).get("test_balanced_acc_mean")
+            lines.append(
+                f"| {m} | {100 * u:.1f} | " if u is not None else f"| {m} | – | "
+            )
+            lines[-1] += (f"{c['n_near_copies']} / {c['n_images']} | {c['pixel_rms_min']:.3f} / "
+                          f"{c['pixel_rms_median']:.3f} | {c['ssim_max']:.2f} | {_auc(c, 'synthetic_loss')} | "
+                          f"{_auc(c, 'synthetic_calibrated')} | {_auc(c, 'synthetic_own_calibrated')} | "
+                          f"{_auc(c, 'real_subset_calibrated')} | {_auc(c, 'full_data_calibrated')} | "
+                          f"{c['card_seconds']:.0f} |")
+        lines.append("")
+        ptm = cards.get((d, "ptm", args.ipc, args.seed))
+        if ptm:
+            auc = max(ptm.get("synthetic_loss", [0])[0], ptm.get("synthetic_calibrated", [0])[0])
+            lines.append(f"- {d}: PTM's strongest attack AUC on its synthetic-trained networks {auc:.2f} "
+                         f"(goal <= {GOAL_AUC}): **{'met' if auc <= GOAL_AUC else 'missed'}**; its utility is the "
+                         "uncarded run's (the card does not change the set).")
+        subset = [c for (dd, *_), c in cards.items() if dd == d and c.get("real_subset_calibrated")]
+        worse = [m for m in rows if cards[(d, m, args.ipc, args.seed)].get("synthetic_own_calibrated", [0])[0]
+                 >= 0.6 or cards[(d, m, args.ipc, args.seed)]["n_near_copies"]]
+        if subset:
+            lines.append(f"- {d}: no more private than real data (near-copies, or an attack AUC >= 0.6 on its own "
+                         f"real images): {', '.join(worse) if worse else 'none'}.")
+        lines.append("")
+    lines += ["Synthetic bag cohorts (histopathology) carry no card yet: not measured here.", ""]
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="standard")
+    p.add_argument("--target_models", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sets", default="runs/bench_trajectory", help="work dir of benchmarks/trajectory.py")
+    p.add_argument("--work_dir", default="runs/bench_trust")
+    p.add_argument("--dataset_dir", default=str(bench.DATA))
+    p.add_argument("--out", default=str(bench.REPO / "benchmarks" / "results" / "trust.md"))
+    p.add_argument("--table_only", action="store_true")
+    args = p.parse_args()
+    start = time.perf_counter()
+    out_md = Path(args.out)
+    record = bench.ResultsRecord(out_md.with_suffix(".json"))
+    utility = bench.ResultsRecord(out_md.with_name("trajectory.json")).cells()
+    cards = record.cells()
+    if not args.table_only:
+        for d in args.datasets:
+            for m in args.methods:
+                name = f"{m}_ipc{args.ipc}"
+                syn = Path(args.sets) / args.preset / d / name / f"seed{args.seed}" / "synthetic.pt"
+                if not syn.is_file():
+                    print(f"{d} {m}: no set at {syn}; run benchmarks/trajectory.py first", flush=True)
+                    continue
+                run = Path(args.work_dir) / args.preset / d / name / f"seed{args.seed}"
+                card = bench.run_bundle(run, f"{bench.BUNDLE[bench.dims(d)]}/card.json", args.threads,
+                                        metrics_name="card.json", synthetic=str(syn.resolve()),
+                                        dataset_dir=args.dataset_dir, device=args.device,
+                                        card_options={"target_models": args.target_models})
+                cards = record.put((d, m, args.ipc, args.seed), card, keep=keep)
+                bench.write_md(out_md, table(cards, utility, args, time.perf_counter() - start))
+                print(d, m, json.dumps(keep(card))[:200], flush=True)
+    bench.write_md(out_md, table(cards, utility, args, None if args.table_only else time.perf_counter() - start))
+
+
+if __name__ == "__main__":
+    main()
