@@ -31,6 +31,8 @@ Output layout::
     OUT/bags/<slide_id>.pt          the synthetic bag (atomic)
     OUT/png/<slide_id>.png          the synthetic bag, the real patches it started from, other real patches
     OUT/status/<slide_id>.json      the slide's manifest row + fingerprint (resume bookkeeping)
+    OUT/cards/<slide_id>.json       the bag's trust card: nearness to its slide's real patches, near-copy flags
+    OUT/card.json, OUT/card.md      the cohort's trust card (every slide's card, settings hash; monai_distill.trust)
     OUT/manifest.csv                slide_id, label, n_patches, n_synthetic, status, seconds, error, split
     OUT/cohort.json                 the shared normalisation, template, pool key and settings
 """
@@ -61,6 +63,7 @@ from monai_distill.networks import NETWORKS
 from monai_distill.presets import Preset, get_preset
 from monai_distill.progress import progress_bar
 from monai_distill.runs import guarded_run, refuse_multiprocess_without_config
+from monai_distill.trust.bags import slide_card, slide_card_path, write_cohort_card
 from monai_distill.utils import (
     atomic_torch_save,
     atomic_write_json,
@@ -450,11 +453,14 @@ class SyntheticBagsWorkflow:
             bag = bag.compact(self.storage)
             save_bag(bag, path)
             self._png(bag, real_bag, cohort)
+            atomic_write_json(slide_card(grid.slide_id, bag.pixels(), real_bag.pixels(), seed=self.seed),
+                              slide_card_path(self.output_dir, grid.slide_id))
             row.update(n_patches=len(real_bag), n_synthetic=len(bag), status=DONE)
         except Exception as e:  # one bad slide must not stop the cohort: record why and go on
             row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
             path.unlink(missing_ok=True)
             png_path(self.output_dir, grid.slide_id).unlink(missing_ok=True)
+            slide_card_path(self.output_dir, grid.slide_id).unlink(missing_ok=True)
             logger.warning("synthetic bag of %s failed: %s", grid.slide_id, row["error"])
         row["seconds"] = round(time.perf_counter() - start, 3)
         write_status(self.output_dir, row, fingerprint if row["status"] == DONE else "")
@@ -532,5 +538,9 @@ class SyntheticBagsWorkflow:
         cohort = self._prepare_cohort(grids)
         logger.info("synthetic bags: %d slide(s), method %s, ipc %d, preset %s, device %s -> %s", len(grids),
                     self.method, self.ipc, self.preset.name, self.device, self.output_dir)
-        return run_cohort(grids, self.output_dir, lambda g: self.process(g, cohort), "synthetic bags",
+        bags = run_cohort(grids, self.output_dir, lambda g: self.process(g, cohort), "synthetic bags",
                           self.progress, extra_rows=failed_tiling)
+        if dist_context()[0] == 0:
+            write_cohort_card(self.output_dir, self._settings(cohort), [g.slide_path for g in grids],
+                              {"device": str(self.device), "seed": self.seed})
+        return bags

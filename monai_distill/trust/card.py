@@ -34,7 +34,7 @@ from ..networks import get_network
 from ..presets import Preset
 from ..utils import atomic_path, atomic_write_json
 from .membership import AttackResult, attack, per_example_loss
-from .nearness import near_copy_threshold, nearest_neighbours, ssim_pairs, summarise
+from .nearness import nearest_neighbours, pixel_nearness, ssim_pairs, summarise
 from .provenance import data_fingerprint, package_versions, settings_hash
 
 __all__ = ["CARD_FILES", "CardOptions", "TrustCard", "write_card"]
@@ -271,35 +271,21 @@ class TrustCard:
 
     def _nearness(self, full_net: torch.nn.Module | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         opts, t = self.options, self.train
-        gen = torch.Generator().manual_seed(self.seed + 104729)
-        sample = torch.randperm(len(t), generator=gen)[: min(opts.n_reference, len(t))]
         syn = self.syn.images.detach().float().cpu()
-        pix = nearest_neighbours(syn, t.images, k=opts.neighbours)
-        loo = nearest_neighbours(t.images[sample], t.images, k=1, exclude=sample)
+        near = pixel_nearness(syn, t.images, opts.neighbours, opts.quantile, opts.n_reference, self.seed + 104729)
         sub = nearest_neighbours(t.images[self.subset], t.images, k=1, exclude=self.subset)
-        tau = near_copy_threshold(loo.distances[:, 0], opts.quantile)
-        lo, hi = float(t.images.min()), float(t.images.max())
-        ssim_syn = ssim_pairs(syn, t.images[pix.indices[:, 0]], hi - lo)
-        ssim_sub = ssim_pairs(t.images[self.subset], t.images[sub.indices[:, 0]], hi - lo)
-        flags = pix.distances[:, 0] <= tau
-        out: dict[str, Any] = {
-            "pixel_threshold": tau,
-            "threshold_rule": (f"RMS distance <= the {100 * opts.quantile:g} % quantile of {len(sample)} real training "
-                               "images' distances to their nearest other training image (at least 1e-4)"),
-            "n_near_copies": int(flags.sum()),
-            "near_copies": torch.nonzero(flags).flatten().tolist(),
-            "synthetic": {"pixel_rms": summarise(pix.distances[:, 0]), "ssim": summarise(ssim_syn)},
-            "real_subset": {"pixel_rms": summarise(sub.distances[:, 0]), "ssim": summarise(ssim_sub),
-                            "n_near_copies_loo": int((sub.distances[:, 0] <= tau).sum())},
-            "real_to_real": {"pixel_rms": summarise(loo.distances[:, 0])},
-        }
-        per_image = {"pixel_rms": pix.distances[:, 0], "ssim": ssim_syn, "indices": pix.indices,
-                     "distances": pix.distances, "flags": flags}
+        ssim_sub = ssim_pairs(t.images[self.subset], t.images[sub.indices[:, 0]], near.data_range)
+        out = near.summary(opts.quantile)
+        out["real_subset"] = {"pixel_rms": summarise(sub.distances[:, 0]), "ssim": summarise(ssim_sub),
+                              "n_near_copies_loo": int((sub.distances[:, 0] <= near.threshold).sum())}
+        per_image = {"pixel_rms": near.neighbours.distances[:, 0], "ssim": near.ssim,
+                     "indices": near.neighbours.indices, "distances": near.neighbours.distances, "flags": near.flags}
         if full_net is not None and hasattr(full_net, "embed"):
             full_net.eval()
             with torch.no_grad():
                 emb_t = map_batches(full_net.embed, t.images, self.device)
                 emb_s = map_batches(full_net.embed, syn, self.device)
+            sample = near.sample
             e_syn = nearest_neighbours(emb_s, emb_t, k=1, metric="cosine")
             e_loo = nearest_neighbours(emb_t[sample], emb_t, k=1, exclude=sample, metric="cosine")
             e_sub = nearest_neighbours(emb_t[self.subset], emb_t, k=1, exclude=self.subset, metric="cosine")

@@ -19,8 +19,10 @@ from monai.metrics import SSIMMetric
 __all__ = [
     "NEAR_COPY_FLOOR",
     "NearestNeighbours",
+    "PixelNearness",
     "near_copy_threshold",
     "nearest_neighbours",
+    "pixel_nearness",
     "ssim_pairs",
     "summarise",
 ]
@@ -111,3 +113,62 @@ def summarise(values: torch.Tensor | np.ndarray) -> dict[str, float]:
         return {"min": float("nan"), "median": float("nan"), "mean": float("nan"), "max": float("nan")}
     return {"min": float(v.min()), "median": float(np.median(v)), "mean": float(v.mean()), "max": float(v.max())}
 
+
+
+@dataclass
+class PixelNearness:
+    """Pixel-space nearness of synthetic images to the real images they came from.
+
+    Attributes:
+        neighbours: each synthetic image's nearest real images (RMS distances ascending, indices into ``real``).
+        ssim: (Q,) SSIM of each synthetic image with its nearest real image.
+        threshold: the near-copy threshold (:func:`near_copy_threshold` of ``reference``).
+        flags: (Q,) bool, near-copies.
+        reference: the leave-one-out nearest distances of the real sample that set the threshold.
+        sample: indices of that sample in ``real``.
+        data_range: value range of the real images (the SSIM's ``data_range``).
+    """
+
+    neighbours: NearestNeighbours
+    ssim: torch.Tensor
+    threshold: float
+    flags: torch.Tensor
+    reference: torch.Tensor
+    sample: torch.Tensor
+    data_range: float
+
+    def summary(self, quantile: float) -> dict:
+        """The figures a card shows: threshold and its rule, near-copies, distance and SSIM summaries."""
+        return {
+            "pixel_threshold": self.threshold,
+            "threshold_rule": (f"RMS distance <= the {100 * quantile:g} % quantile of {len(self.sample)} real images' "
+                               "distances to their nearest other real image (at least 1e-4)"),
+            "n_near_copies": int(self.flags.sum()),
+            "near_copies": torch.nonzero(self.flags).flatten().tolist(),
+            "synthetic": {"pixel_rms": summarise(self.neighbours.distances[:, 0]), "ssim": summarise(self.ssim)},
+            "real_to_real": {"pixel_rms": summarise(self.reference)},
+        }
+
+
+def pixel_nearness(syn: torch.Tensor, real: torch.Tensor, neighbours: int = 3, quantile: float = 0.01,
+                   n_reference: int = 200, seed: int = 0) -> PixelNearness:
+    """Nearest real images of each synthetic one, SSIM to the nearest, and the near-copy flags.
+
+    Args:
+        syn: (Q, C, ...) synthetic images, in the units of ``real``.
+        real: (R, C, ...) the real images (the train split, or a slide's patches).
+        neighbours: nearest real images kept per synthetic image.
+        quantile: the near-copy threshold's quantile of real-to-real leave-one-out distances.
+        n_reference: real images (a seeded sample) whose leave-one-out distances set the threshold.
+        seed: seed of that sample.
+    """
+    syn = syn.detach().float().cpu()
+    real = real.detach().float().cpu()
+    sample = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[: min(n_reference, len(real))]
+    nn = nearest_neighbours(syn, real, k=neighbours)
+    loo = nearest_neighbours(real[sample], real, k=1, exclude=sample) if len(real) > 1 else None
+    reference = loo.distances[:, 0] if loo is not None else torch.full((1,), NEAR_COPY_FLOOR)
+    threshold = near_copy_threshold(reference, quantile)
+    data_range = float(real.max() - real.min())
+    ssim = ssim_pairs(syn, real[nn.indices[:, 0]], data_range)
+    return PixelNearness(nn, ssim, threshold, nn.distances[:, 0] <= threshold, reference, sample, data_range)

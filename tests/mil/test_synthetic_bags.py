@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def test_one_bag_per_good_slide_and_a_failed_row(bundle_run: Path, cohort) -> No
         assert png_path(bundle_run, bag.slide_id).stat().st_size > 1000
     assert not (bundle_run / "bags" / "slide_broken.pt").exists()
     assert (bundle_run / "stain_template.json").is_file() and (bundle_run / "cohort.json").is_file()
+
+
+def test_cohort_trust_card_per_slide_and_summary(bundle_run: Path, cohort) -> None:
+    """Every good slide has a card against its own real patches; the cohort card gathers them (no broken slide)."""
+    _, table = cohort
+    card = json.loads((bundle_run / "card.json").read_text())
+    assert [s["slide_id"] for s in card["slides"]] == sorted(table.slide_id)
+    assert card["n_synthetic"] == IPC * len(table) and len(card["hash"]) == 16
+    for s in card["slides"]:
+        # Histo-DD moved its real starting patches only a little at this budget: near its slide, not identical.
+        assert s["n_synthetic"] == IPC and s["n_real"] > IPC and 0 < s["synthetic"]["pixel_rms"]["min"] < 0.5
+        assert s["pixel_threshold"] > 0 and 0 <= s["n_near_copies"] <= IPC
+    assert not (bundle_run / "cards" / "slide_broken.json").exists()
+    assert "near-copies" in (bundle_run / "card.md").read_text()
 
 
 def test_distillation_moves_the_patches_away_from_their_real_start(bundle_run: Path) -> None:

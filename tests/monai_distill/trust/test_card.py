@@ -42,7 +42,7 @@ def test_exact_copy_is_flagged_and_noise_is_not(breast):
     images = torch.cat([train.images[[5]], noise])
     syn = SyntheticSet(images, torch.tensor([int(train.labels[5]), 0, 1, 0]),
                        meta={"mean": train.mean, "std": train.std, "num_classes": 2})
-    builder, card = _card(breast, syn, attack=False)
+    _, card = _card(breast, syn, attack=False)
     flags = [row["near_copy"] for row in card["per_image"]]
     assert flags == [True, False, False, False]
     assert card["per_image"][0]["nearest_train"][0] == 5 and card["per_image"][0]["pixel_rms"] < 1e-6
@@ -98,11 +98,11 @@ def test_nearest_neighbours_leave_one_out_and_cosine():
 
 
 def test_card_options_are_checked():
-    with pytest.raises(OptionError, match="unknown key.*'neighbors'"):
+    with pytest.raises(OptionError, match=r"unknown key.*'neighbors'"):
         CardOptions.from_dict({"neighbors": 3})
     with pytest.raises(OptionError, match="'quantile'"):
         CardOptions.from_dict({"quantile": 1.5})
-    with pytest.raises(OptionError, match="'n_attack'.*int"):
+    with pytest.raises(OptionError, match=r"'n_attack'.*int"):
         CardOptions.from_dict({"n_attack": "many"})
 
 
