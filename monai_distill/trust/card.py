@@ -56,6 +56,8 @@ class CardOptions:
             target) and of the calibration reference; default a fifth of the preset's ``embed_epochs`` (at least 1),
             which keeps the card within a tenth of a ``quick`` run. Trajectory methods use an expert instead.
         subset_models: networks trained on the equal-size real subset (the protocol's epochs).
+        max_real_images: the real-data network trains on at most this many train images (a seeded random draw;
+            the attack's members come from them), which bounds the card's cost on large or 3D sets.
         target_models: networks trained on the synthetic set for the attack when no evaluation ran (the
             workflows otherwise attack their evaluation networks).
         attack: run the membership attacks (off: nearness and reproducibility only).
@@ -69,6 +71,7 @@ class CardOptions:
     n_boot: int = 200
     real_epochs: int | None = None
     subset_models: int = 1
+    max_real_images: int = 500
     target_models: int = 1
     attack: bool = True
     max_png: int = 20
@@ -128,7 +131,10 @@ class TrustCard:
         self.options = options if isinstance(options, CardOptions) else CardOptions.from_dict(options)
         gen = torch.Generator().manual_seed(self.seed + 7919)
         n = self.options.n_attack
-        self.members = torch.randperm(len(train), generator=gen)[: min(n, len(train))]
+        # The real-data network's training images; the members are drawn from them, so that every attack target
+        # (synthetic, trained on data distilled from all of train; full data, trained on this draw) saw them.
+        self.pool = torch.randperm(len(train), generator=gen)[: min(self.options.max_real_images, len(train))]
+        self.members = self.pool[: min(n, len(self.pool))]
         self.nonmembers = torch.randperm(len(heldout), generator=gen)[: min(n, len(heldout))]
         self.subset = self._balanced_subset(gen)
         self.can_attack = self.options.attack and not (train.is_multilabel or heldout.is_multilabel)
@@ -265,8 +271,9 @@ class TrustCard:
                               "members": f"the subset's own {len(self.subset)} images",
                               "heldout_balanced_acc": float(np.mean([m["balanced_acc"] for m in sub_metrics]))}
         out["full_data"] = {**self._attacks([self._losses(full_net)], ref, self.seed + 2),
-                            "network": self._full_label or f"trained {real_epochs} epochs for the card",
-                            "n_train": len(self.train)}
+                            "network": self._full_label or (f"trained {real_epochs} epoch(s) for the card on "
+                                                            f"{len(self.pool)} train images"),
+                            "n_train": len(self.train) if self._full_net is not None else len(self.pool)}
         return out
 
     def _nearness(self, full_net: torch.nn.Module | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -307,7 +314,8 @@ class TrustCard:
         fingerprint = data_fingerprint([self.train, self.reference, self.heldout])
         real_epochs = self._real_epochs()
         tick = time.perf_counter()
-        full_net = self._full_net or self._trained(self.train.images, self.train.labels, real_epochs, self.seed + 17)
+        x, y = self.train.images[self.pool], self.train.labels[self.pool]
+        full_net = self._full_net or self._trained(x, y, real_epochs, self.seed + 17)
         self.seconds["real_network"] = time.perf_counter() - tick
         tick = time.perf_counter()
         nearness, per_image = self._nearness(full_net)

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Tiny evaluation settings keep the suite fast; the quick preset itself runs in benchmarks/.
+# Tiny evaluation settings keep the suite fast; the quick preset itself runs in benchmarks/. The trust card has its
+# own tests (tests/monai_distill/trust), so the bundle contracts run without it.
 FAST = {"eval_models": 1, "eval_epochs": 10,
-        "preset_overrides": "{'width': 8, 'embed_epochs': 1, 'forgetting_epochs': 1}", "progress": False}
-TIMING_KEYS = {"distill_seconds", "eval_seconds", "peak_memory_mb", "machine"}
+        "preset_overrides": "{'width': 8, 'embed_epochs': 1, 'forgetting_epochs': 1}", "progress": False,
+        "card": False}
+TIMING_KEYS = {"distill_seconds", "eval_seconds", "card_seconds", "peak_memory_mb", "machine"}
 
 
 def bundle_cmd(config: str | list[str], **overrides) -> list[str]:

@@ -53,6 +53,28 @@ def test_exact_copy_is_flagged_and_noise_is_not(breast):
     assert card["membership"] == {"skipped": "attack off (card_options.attack false)"}
 
 
+def test_3d_card_on_adrenalmnist3d(medmnist_dir, tmp_path):
+    """Volumes: RMS and SSIM in 3D, the neighbours PNG of middle slices, the attack on 3D networks."""
+    from monai_distill.trust import write_card
+
+    splits = {s: load_dataset("adrenalmnist3d", split=s, dataset_dir=str(medmnist_dir)) for s in ("train", "val",
+                                                                                                     "test")}
+    train = splits["train"]
+    noise = torch.randn((1, *train.images.shape[1:]), generator=torch.Generator().manual_seed(0))
+    syn = SyntheticSet(torch.cat([train.images[[0]], noise]), train.labels[[0, 1]].clone(),
+                       meta={"mean": train.mean, "std": train.std, "num_classes": 2})
+    preset = get_preset("quick", 3, width=4, eval_epochs=1, embed_epochs=1)
+    builder = TrustCard(syn, train, splits["test"], splits["val"], "convnet", preset, 0, torch.device("cpu"),
+                        {"max_real_images": 40, "n_attack": 30, "n_boot": 10, "n_reference": 40})
+    builder.train_targets(1)
+    card = builder.build({"test": 3})
+    assert [r["near_copy"] for r in card["per_image"]] == [True, False]
+    assert card["per_image"][0]["nearest_train"][0] == 0 and card["per_image"][0]["ssim"] > 0.999
+    assert card["membership"]["full_data"]["n_train"] == 40
+    paths = write_card(card, builder, tmp_path)
+    assert all(p.is_file() for p in paths) and paths[2].stat().st_size > 1000
+
+
 def test_attack_auc_is_chance_when_the_model_saw_neither(breast):
     """Members and non-members from one distribution (two halves of the test split), a model trained on neither."""
     train, test = breast["train"], breast["test"]
