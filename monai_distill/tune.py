@@ -111,7 +111,8 @@ class TuneWorkflow:
         self.method_options = option_dict(method_options, "method_options")
         self.write_config = bool(write_config)
         self.config_dir = Path(config_dir) if config_dir else CONFIG_DIR
-        self.common = dict(common)
+        # Trials never write a trust card: it would read the test split, which a search must not open.
+        self.common = {**dict(common), "card": False}
         # Built once to check every option (names, ranges, files) before any trial; trials copy its settings.
         self.base = DistillWorkflow(dataset=dataset, output_dir=str(self.output_dir / "trials" / "000"),
                                     method=method, ipc=ipc, evaluate=False, method_options=self.method_options,
