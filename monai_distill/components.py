@@ -44,6 +44,7 @@ __all__ = [
     "NETWORK_ARGUMENTS",
     "FlagDataset",
     "ProtocolSGD",
+    "RegisteredMethod",
     "RegistryNetwork",
     "as_factory",
     "build_component",
@@ -53,6 +54,7 @@ __all__ = [
     "component_spec",
     "component_target",
     "factory_from_spec",
+    "method_class",
     "network_arguments",
     "registered_networks",
     "registry_parts",
@@ -123,6 +125,43 @@ class FlagDataset:
 
     def __repr__(self) -> str:
         return f"FlagDataset({self.name!r})"
+
+
+class RegisteredMethod:
+    """The default of ``method_def``: the registered method that the flat flag ``--method`` names (the workflows read
+    it as "no replacement").
+
+    A replacement is a subclass of :class:`~monai_distill.methods.Distiller` (``init_synthetic``, ``step``,
+    ``synthetic_set``, ``num_iterations``; usually a registered method's class with one thing changed), or a
+    definition of one with arguments: its arguments are method options, as ``--method_options`` gives them
+    (``--method_options`` wins on a key both set). Its ``name`` labels the run and picks ``configs/<dataset>.json``
+    settings, so a subclass that keeps its parent's name keeps its parent's tuned settings.
+
+    Args:
+        name: the ``--method`` value, or ``None``.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = None if name is None or str(name).strip().lower() in ("", "none", "null") else str(name).lower()
+
+    def __repr__(self) -> str:
+        return f"RegisteredMethod({self.name!r})"
+
+
+def method_class(factory: Callable[..., Any], entry: str = "method_def") -> tuple[type, dict[str, Any]]:
+    """The :class:`~monai_distill.methods.Distiller` subclass of a ``method_def`` and the options it binds.
+
+    Raises:
+        OptionError: the definition is not a Distiller subclass (or a partial of one without positional arguments).
+    """
+    from .methods import Distiller
+
+    func = factory.func if isinstance(factory, functools.partial) else factory
+    if not (inspect.isclass(func) and issubclass(func, Distiller)) or (
+            isinstance(factory, functools.partial) and factory.args):
+        raise OptionError(f"{_short(entry)} {component_target(factory)}: expected a subclass of "
+                          "monai_distill.methods.Distiller (its keyword arguments become method options).")
+    return func, dict(factory.keywords) if isinstance(factory, functools.partial) else {}
 
 
 class ProtocolSGD:

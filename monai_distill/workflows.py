@@ -37,6 +37,7 @@ from .checks import (
 from .components import (
     FlagDataset,
     ProtocolSGD,
+    RegisteredMethod,
     RegistryNetwork,
     as_factory,
     build_component,
@@ -46,6 +47,7 @@ from .components import (
     component_spec,
     component_target,
     factory_from_spec,
+    method_class,
     registered_networks,
 )
 from .data import DataError, RealDataset, SyntheticSet, load_dataset
@@ -156,6 +158,9 @@ class _Workflow:
             Data-dependent arguments it leaves unset are filled in (see :mod:`monai_distill.components`).
         eval_optimizer_def: optimiser of the evaluation networks without its params (``torch.optim.Adam`` partial);
             ``None``: the protocol's SGD (momentum, weight decay of the preset).
+        dataset_def: the real data (config entry ``dataset_def``): a callable taking ``split`` that returns a
+            :class:`~monai_distill.data.RealDataset`, or a class whose instances are such callables
+            (:class:`~monai_distill.components.FlagDataset`); ``None``: ``dataset`` read by ``load_dataset``.
     """
 
     def __init__(
@@ -222,7 +227,8 @@ class _Workflow:
     def _component_specs(self) -> dict[str, Any]:
         """The config-defined components as JSON (recorded in metrics.json); empty with the registry defaults."""
         defined = {"network_def": getattr(self, "network_def", None), "eval_network_def": self.eval_network_def,
-                   "eval_optimizer_def": self.eval_optimizer_def, "dataset_def": self.dataset_def}
+                   "eval_optimizer_def": self.eval_optimizer_def, "dataset_def": self.dataset_def,
+                   "method_def": getattr(self, "method_def", None)}
         return {entry: component_spec(factory) for entry, factory in defined.items() if factory is not None}
 
     def _check_dataset(self) -> None:
@@ -464,8 +470,14 @@ class DistillWorkflow(_CardMixin, _Workflow):
         buffer_dir: root of the expert trajectory buffers (trajectory methods build missing experts there).
         checkpoint_every: iterations between checkpoints (0: only at the end).
         eval_every: iterations between evaluations during distillation (0: only the final one).
+        card: write the trust card beside the set (:mod:`monai_distill.trust`; the attack reuses the evaluation
+            networks).
+        card_options: :class:`~monai_distill.trust.CardOptions` fields.
+        method_def: the distiller (config entry ``method_def``): a :class:`~monai_distill.methods.Distiller`
+            subclass or a definition of one whose arguments are method options; replaces ``method``.
         common: ``dataset_dir``, ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``,
-            ``preset_overrides``, ``progress``, ``eval_network_def``, ``eval_optimizer_def`` (see :class:`_Workflow`).
+            ``preset_overrides``, ``progress``, ``eval_network_def``, ``eval_optimizer_def``, ``dataset_def`` (see
+            :class:`_Workflow`).
     """
 
     def __init__(
@@ -486,6 +498,7 @@ class DistillWorkflow(_CardMixin, _Workflow):
         network_def: Any = None,
         card: bool = True,
         card_options: dict[str, Any] | None = None,
+        method_def: Any = None,
         **common: Any,
     ) -> None:
         super().__init__(output_dir, dataset=dataset, size=size, **common)
@@ -494,7 +507,16 @@ class DistillWorkflow(_CardMixin, _Workflow):
         # Fail on names and values before any data is read or time is spent.
         if self.dataset is None:
             raise OptionError("--dataset is required: a MedMNIST flag, or the path of a .npz or .csv file.")
-        self.method_cls = get_method(str(option_str(method, "method")))
+        # method_def: RegisteredMethod(@method) (the default) is --method; another definition is a Distiller
+        # subclass whose bound arguments are method options (under --method_options).
+        self.method_def = as_factory(method_def, "method_def")
+        bound: dict[str, Any] = {}
+        if isinstance(self.method_def, RegisteredMethod):
+            method, self.method_def = self.method_def.name or method, None
+        if self.method_def is None:
+            self.method_cls = get_method(str(option_str(method, "method")))
+        else:
+            self.method_cls, bound = method_class(self.method_def)
         self.method = self.method_cls.name
         # A defined network replaces the registry name of its flat flag by its label (e.g. classifier@1f2e3d4c);
         # the evaluation network defaults to the method's network, as eval_arch defaults to arch.
@@ -515,7 +537,7 @@ class DistillWorkflow(_CardMixin, _Workflow):
         else:
             self.eval_arch = self.arch
         self.ipc = int(option_int(ipc, "ipc", minimum=1))  # type: ignore[arg-type]
-        self.method_options = option_dict(method_options, "method_options")
+        self.method_options = {**bound, **option_dict(method_options, "method_options")}
         self.resume = option_bool(resume, "resume")
         self.evaluate = option_bool(evaluate, "evaluate")
         self.buffer_dir = str(option_str(buffer_dir, "buffer_dir"))

@@ -177,6 +177,46 @@ def test_user_dataset_definition_distils_evaluates_and_cards(medmnist_dir: Path,
     assert last.startswith(PREFIX) and "dataset_def" in last and "RealDataset" in last
 
 
+USER_METHOD = '''
+import torch
+
+from monai_distill.methods.coresets import HerdingCoreset
+
+
+class LastHerding(HerdingCoreset):
+    """A user's method: herding's selection in reverse order, with an option of its own (``keep``, recorded)."""
+
+    name = "last_herding"
+
+    def select(self):
+        return super().select().flip(0)
+
+
+class NotAMethod:
+    pass
+'''
+
+
+def test_user_method_definition(medmnist_dir: Path, tmp_path: Path) -> None:
+    """``--method_def#_target_`` names a Distiller subclass of the user's: it runs under its own name, its
+    definition's arguments are method options, and a class that is no Distiller ends with one line."""
+    (tmp_path / "mymethods.py").write_text(USER_METHOD)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    cmd = bundle_cmd(str(REPO_ROOT / TRAIN_2D), dataset="breastmnist", dataset_dir=medmnist_dir, ipc=2,
+                     output_dir=out, card=False, **{"method_def#_target_": "mymethods.LastHerding",
+                                                    "method_def#keep": 2}, **TINY)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _metrics(out)
+    assert m["method"] == "last_herding" and m["config"]["method_options"]["keep"] == 2
+    assert m["config"]["method_def"] == {"_target_": "mymethods.LastHerding", "keep": 2}
+    assert SyntheticSet.load(out / "synthetic.pt").meta["method"] == "last_herding"
+    last = _cli_error(str(REPO_ROOT / TRAIN_2D), cwd=tmp_path, dataset="breastmnist", dataset_dir=medmnist_dir,
+                      ipc=2, output_dir=tmp_path / "bad", **{"method_def#_target_": "mymethods.NotAMethod"}, **TINY)
+    assert last.startswith(PREFIX) and "method_def" in last and "Distiller" in last
+
+
 def test_flat_arch_equals_an_explicit_definition_of_the_same_network(medmnist_dir: Path, tmp_path: Path) -> None:
     """``--arch convnet`` (the flat shortcut, as before the components existed) and a ``network_def`` naming the
     registry's ConvNet with the preset's settings give the same synthetic set and the same test numbers (CPU, same
@@ -252,13 +292,13 @@ def test_definition_helpers() -> None:
 
 
 _DISTILL_DEFS = ("network_def", "eval_network_def", "eval_optimizer_def")
-_MEDMNIST_DEFS = (*_DISTILL_DEFS, "dataset_def")
+_MEDMNIST_DEFS = (*_DISTILL_DEFS, "dataset_def", "method_def")
 _WSI_DEFS = ("reader_def", "masker_def", "grid_def", "writer_def")
 
 
 @pytest.mark.parametrize(("bundle", "definitions"), [
     ("medmnist2d_distillation", _MEDMNIST_DEFS), ("organmnist3d_distillation", _MEDMNIST_DEFS),
-    ("histodd_patches", _DISTILL_DEFS), ("mil_slide_classification", ("head_def", "encoder_def")),
+    ("histodd_patches", (*_DISTILL_DEFS, "method_def")), ("mil_slide_classification", ("head_def", "encoder_def")),
     ("wsi_tiling", _WSI_DEFS), ("wsi_synthetic_bags", _WSI_DEFS),
 ])
 def test_every_component_entry_is_documented(bundle: str, definitions: tuple[str, ...]) -> None:
