@@ -46,6 +46,7 @@ __all__ = [
     "ProtocolSGD",
     "RegisteredMethod",
     "RegistryNetwork",
+    "SetWriter",
     "as_factory",
     "build_component",
     "check_network",
@@ -144,6 +145,14 @@ class RegisteredMethod:
     def __init__(self, name: str | None = None) -> None:
         self.name = None if name is None or str(name).strip().lower() in ("", "none", "null") else str(name).lower()
 
+    def __call__(self) -> type:
+        """The registered class (unknown names list the valid ones)."""
+        from .methods import get_method
+
+        if self.name is None:
+            raise ValueError("RegisteredMethod(None) names no method; give a registered name.")
+        return get_method(self.name)
+
     def __repr__(self) -> str:
         return f"RegisteredMethod({self.name!r})"
 
@@ -162,6 +171,25 @@ def method_class(factory: Callable[..., Any], entry: str = "method_def") -> tupl
         raise OptionError(f"{_short(entry)} {component_target(factory)}: expected a subclass of "
                           "monai_distill.methods.Distiller (its keyword arguments become method options).")
     return func, dict(factory.keywords) if isinstance(factory, functools.partial) else {}
+
+
+class SetWriter:
+    """The default of ``writer_def``: writes a finished set as ``synthetic.pt`` (:meth:`SyntheticSet.save`) and
+    ``synthetic.png`` (:meth:`SyntheticSet.to_png`) into the output directory.
+
+    A replacement is called as ``writer(syn, output_dir)`` once the set is final (on the main process) and must
+    write ``synthetic.pt``, which ``evaluate.json``, ``card.json`` and resuming read; subclass this one and call
+    ``super().__call__`` to add outputs (NIfTI volumes, a DICOM series, an upload).
+    """
+
+    def __call__(self, syn: Any, output_dir: Any) -> list[Any]:
+        from pathlib import Path
+
+        out = Path(output_dir)
+        return [syn.save(out / "synthetic.pt"), syn.to_png(out / "synthetic.png")]
+
+    def __repr__(self) -> str:
+        return "SetWriter()"
 
 
 class ProtocolSGD:

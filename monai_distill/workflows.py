@@ -39,6 +39,7 @@ from .components import (
     ProtocolSGD,
     RegisteredMethod,
     RegistryNetwork,
+    SetWriter,
     as_factory,
     build_component,
     check_network,
@@ -228,7 +229,8 @@ class _Workflow:
         """The config-defined components as JSON (recorded in metrics.json); empty with the registry defaults."""
         defined = {"network_def": getattr(self, "network_def", None), "eval_network_def": self.eval_network_def,
                    "eval_optimizer_def": self.eval_optimizer_def, "dataset_def": self.dataset_def,
-                   "method_def": getattr(self, "method_def", None)}
+                   "method_def": getattr(self, "method_def", None),
+                   "writer_def": getattr(self, "writer_def", None)}
         return {entry: component_spec(factory) for entry, factory in defined.items() if factory is not None}
 
     def _check_dataset(self) -> None:
@@ -475,6 +477,8 @@ class DistillWorkflow(_CardMixin, _Workflow):
         card_options: :class:`~monai_distill.trust.CardOptions` fields.
         method_def: the distiller (config entry ``method_def``): a :class:`~monai_distill.methods.Distiller`
             subclass or a definition of one whose arguments are method options; replaces ``method``.
+        writer_def: writes the finished set (config entry ``writer_def``), called as ``writer(syn, output_dir)``;
+            default :class:`~monai_distill.components.SetWriter` (``synthetic.pt`` and ``synthetic.png``).
         common: ``dataset_dir``, ``preset``, ``seed``, ``device``, ``eval_models``, ``eval_epochs``,
             ``preset_overrides``, ``progress``, ``eval_network_def``, ``eval_optimizer_def``, ``dataset_def`` (see
             :class:`_Workflow`).
@@ -499,6 +503,7 @@ class DistillWorkflow(_CardMixin, _Workflow):
         card: bool = True,
         card_options: dict[str, Any] | None = None,
         method_def: Any = None,
+        writer_def: Any = None,
         **common: Any,
     ) -> None:
         super().__init__(output_dir, dataset=dataset, size=size, **common)
@@ -518,6 +523,14 @@ class DistillWorkflow(_CardMixin, _Workflow):
         else:
             self.method_cls, bound = method_class(self.method_def)
         self.method = self.method_cls.name
+        # writer_def: a writer object or function, or a class (with its arguments) built once here.
+        self.writer_def = as_factory(writer_def, "writer_def")
+        if self.writer_def is None or isinstance(self.writer_def, SetWriter):
+            self.writer_def, self.writer = None, SetWriter()
+        else:
+            func = getattr(self.writer_def, "func", self.writer_def)
+            self.writer = build_component(self.writer_def, "writer_def", {}) if isinstance(func, type) \
+                else self.writer_def
         # A defined network replaces the registry name of its flat flag by its label (e.g. classifier@1f2e3d4c);
         # the evaluation network defaults to the method's network, as eval_arch defaults to arch.
         self.network_def = as_factory(network_def, "network_def")
@@ -694,8 +707,10 @@ class DistillWorkflow(_CardMixin, _Workflow):
         if self.dataset_def is not None:
             syn.meta["dataset_def"] = component_spec(self.dataset_def)
         if is_main_process():
-            syn.save(self.output_dir / "synthetic.pt")
-            syn.to_png(self.output_dir / "synthetic.png")
+            self.writer(syn, self.output_dir)
+            if not (self.output_dir / "synthetic.pt").is_file():
+                raise OptionError(f"--writer_def {component_target(self.writer_def)}: wrote no synthetic.pt into "
+                                  f"'{self.output_dir}'; a writer must save the set (call SetWriter.__call__).")
         return syn
 
     # ------------------------------------------------------------------ checkpoints

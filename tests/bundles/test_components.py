@@ -196,6 +196,27 @@ class NotAMethod:
     pass
 '''
 
+USER_WRITER = '''
+import numpy as np
+
+from monai_distill.components import SetWriter
+
+
+class NpyWriter(SetWriter):
+    """Also writes the images as a .npy file."""
+
+    def __init__(self, name="images.npy"):
+        self.name = name
+
+    def __call__(self, syn, output_dir):
+        np.save(f"{output_dir}/{self.name}", syn.images.numpy())
+        return super().__call__(syn, output_dir)
+
+
+def forgetful(syn, output_dir):
+    return []
+'''
+
 
 def test_user_method_definition(medmnist_dir: Path, tmp_path: Path) -> None:
     """``--method_def#_target_`` names a Distiller subclass of the user's: it runs under its own name, its
@@ -215,6 +236,27 @@ def test_user_method_definition(medmnist_dir: Path, tmp_path: Path) -> None:
     last = _cli_error(str(REPO_ROOT / TRAIN_2D), cwd=tmp_path, dataset="breastmnist", dataset_dir=medmnist_dir,
                       ipc=2, output_dir=tmp_path / "bad", **{"method_def#_target_": "mymethods.NotAMethod"}, **TINY)
     assert last.startswith(PREFIX) and "method_def" in last and "Distiller" in last
+
+
+def test_user_writer_definition(medmnist_dir: Path, tmp_path: Path) -> None:
+    """``--writer_def#_target_`` names a SetWriter subclass with an argument: it adds its file beside the set; a
+    writer that saves no synthetic.pt ends with one line."""
+    (tmp_path / "mywriters.py").write_text(USER_WRITER)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    cmd = bundle_cmd(str(REPO_ROOT / TRAIN_2D), dataset="breastmnist", dataset_dir=medmnist_dir, method="random",
+                     ipc=2, output_dir=out, card=False, **{"writer_def#_target_": "mywriters.NpyWriter",
+                                                           "writer_def#name": "set.npy"}, **TINY)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import numpy as np
+
+    assert np.load(out / "set.npy").shape == (4, 1, 28, 28) and (out / "synthetic.pt").is_file()
+    assert _metrics(out)["config"]["writer_def"] == {"_target_": "mywriters.NpyWriter", "name": "set.npy"}
+    last = _cli_error(str(REPO_ROOT / TRAIN_2D), cwd=tmp_path, dataset="breastmnist", dataset_dir=medmnist_dir,
+                      method="random", ipc=2, output_dir=tmp_path / "bad", card=False,
+                      **{"writer_def#_target_": "mywriters.forgetful"}, **TINY)
+    assert last.startswith(PREFIX) and "writer_def" in last and "synthetic.pt" in last
 
 
 def test_flat_arch_equals_an_explicit_definition_of_the_same_network(medmnist_dir: Path, tmp_path: Path) -> None:
@@ -292,13 +334,14 @@ def test_definition_helpers() -> None:
 
 
 _DISTILL_DEFS = ("network_def", "eval_network_def", "eval_optimizer_def")
-_MEDMNIST_DEFS = (*_DISTILL_DEFS, "dataset_def", "method_def")
+_MEDMNIST_DEFS = (*_DISTILL_DEFS, "dataset_def", "method_def", "writer_def")
 _WSI_DEFS = ("reader_def", "masker_def", "grid_def", "writer_def")
 
 
 @pytest.mark.parametrize(("bundle", "definitions"), [
     ("medmnist2d_distillation", _MEDMNIST_DEFS), ("organmnist3d_distillation", _MEDMNIST_DEFS),
-    ("histodd_patches", (*_DISTILL_DEFS, "method_def")), ("mil_slide_classification", ("head_def", "encoder_def")),
+    ("histodd_patches", (*_DISTILL_DEFS, "method_def", "writer_def")),
+    ("mil_slide_classification", ("head_def", "encoder_def")),
     ("wsi_tiling", _WSI_DEFS), ("wsi_synthetic_bags", _WSI_DEFS),
 ])
 def test_every_component_entry_is_documented(bundle: str, definitions: tuple[str, ...]) -> None:
