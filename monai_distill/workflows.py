@@ -363,8 +363,11 @@ class _CardMixin:
     def _card_builder(self, syn: SyntheticSet, train: RealDataset, test: RealDataset | None, arch: str,
                       preset: Preset) -> TrustCard:
         test = test if test is not None else self._load("test")  # type: ignore[attr-defined]
-        return TrustCard(syn, train, test, self._val_or_none(), arch, preset, self.seed, self.device,
-                         self.card_options)
+        options = self.card_options
+        buffer_dir = getattr(self, "buffer_dir", None)
+        if options.cache_dir is None and buffer_dir:  # the real-data networks live beside the experts
+            options = dataclasses.replace(options, cache_dir=str(Path(buffer_dir) / "card_networks"))
+        return TrustCard(syn, train, test, self._val_or_none(), arch, preset, self.seed, self.device, options)
 
     def _write_card(self, builder: TrustCard, settings: dict[str, Any], provenance: dict[str, Any],
                     keep_going: bool = True) -> dict[str, Any]:

@@ -17,6 +17,7 @@ prove):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..data.synthetic import image_grid_png
 from ..evaluation import classification_metrics, map_batches, predict, train_network
 from ..networks import get_network
 from ..presets import Preset
-from ..utils import atomic_path, atomic_write_json
+from ..utils import atomic_path, atomic_torch_save, atomic_write_json
 from .membership import AttackResult, attack, per_example_loss
 from .nearness import nearest_neighbours, pixel_nearness, ssim_pairs, summarise
 from .provenance import data_fingerprint, package_versions, settings_hash
@@ -62,6 +63,9 @@ class CardOptions:
             workflows otherwise attack their evaluation networks).
         attack: run the membership attacks (off: nearness and reproducibility only).
         max_png: synthetic images drawn in ``card_neighbours.png``.
+        cache_dir: where the networks trained on real data only (full-data target, calibration reference, real
+            subset) are kept and reused by later cards of the same data, seed and preset (the distillation bundles
+            use ``<buffer_dir>/card_networks``); ``None``: trained for every card.
     """
 
     neighbours: int = 3
@@ -75,6 +79,7 @@ class CardOptions:
     target_models: int = 1
     attack: bool = True
     max_png: int = 20
+    cache_dir: str | None = None
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any] | None, label: str = "--card_options") -> CardOptions:
@@ -90,6 +95,8 @@ class CardOptions:
             try:
                 if key == "real_epochs":
                     value = None if value is None else int(value)
+                elif key == "cache_dir":
+                    value = None if value in (None, "") else str(value)
                 elif isinstance(default, bool):
                     value = str(value).lower() in ("1", "true", "yes", "on") if not isinstance(value, bool) else value
                 else:
@@ -174,12 +181,31 @@ class TrustCard:
         return get_network(self.arch, t.spatial_dims, t.in_channels, t.num_classes, t.spatial_size,
                            width=self.preset.width, depth=self.preset.depth, norm=self.preset.norm)
 
-    def _trained(self, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int) -> torch.nn.Module:
+    def _trained(self, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int,
+                 real: tuple[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """A network trained with the protocol's loop. ``real = (split, indices)`` marks real images: such a
+        network depends on the data, not on the set, so it is kept in ``cache_dir`` and reused by later cards."""
         net = self._network(seed)
+        path = self._cache_path(real, epochs, seed) if real is not None else None
+        if path is not None and path.is_file():
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return net.to(self.device)
         augment = DiffAugment(self.preset.dsa_strategy) if self.preset.dsa else None
         gen = torch.Generator().manual_seed(seed)
-        return train_network(net, images, labels, epochs, self.preset.eval_lr, self.preset, gen, self.device,
-                             augment=augment)
+        net = train_network(net, images, labels, epochs, self.preset.eval_lr, self.preset, gen, self.device,
+                            augment=augment)
+        if path is not None:
+            atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
+        return net
+
+    def _cache_path(self, real: tuple[str, torch.Tensor], epochs: int, seed: int) -> Path | None:
+        if not self.options.cache_dir:
+            return None
+        split, idx = real
+        key = settings_hash({"data": data_fingerprint([self.train, self.reference, self.heldout]), "split": split,
+                             "indices": hashlib.sha256(idx.cpu().numpy().tobytes()).hexdigest(), "epochs": epochs,
+                             "seed": seed, "arch": self.arch, "preset": self.preset.to_dict()})
+        return Path(self.options.cache_dir) / f"{self.train.name}-{split}-{key}.pt"
 
     def _losses(self, net: torch.nn.Module, idx_in: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         idx_in = self.members if idx_in is None else idx_in
@@ -242,7 +268,8 @@ class TrustCard:
         if self.reference is not None and len(self.reference):
             # The val split is small, so the reference gets the preset's full embedding epochs at little cost.
             ref_epochs = int(self.preset.embed_epochs)
-            ref_net = self._trained(self.reference.images, self.reference.labels, ref_epochs, self.seed + 31)
+            ref_net = self._trained(self.reference.images, self.reference.labels, ref_epochs, self.seed + 31,
+                                    real=(self.reference.split, torch.arange(len(self.reference))))
         ref = self._losses(ref_net) if ref_net is not None else None
         ref_sub = self._losses(ref_net, self.subset) if ref_net is not None else None
         out: dict[str, Any] = {
@@ -262,7 +289,7 @@ class TrustCard:
         x, y = self.train.images[self.subset], self.train.labels[self.subset]
         tick = time.perf_counter()
         for k in range(opts.subset_models):
-            net = self._trained(x, y, self.preset.eval_epochs, self.seed * 1000 + 500 + k)
+            net = self._trained(x, y, self.preset.eval_epochs, self.seed * 1000 + 500 + k, real=("train", self.subset))
             sub_losses.append(self._losses(net, self.subset))
             sub_metrics.append(classification_metrics(predict(net, self.heldout.images, self.device),
                                                       self.heldout.labels))
@@ -315,7 +342,7 @@ class TrustCard:
         real_epochs = self._real_epochs()
         tick = time.perf_counter()
         x, y = self.train.images[self.pool], self.train.labels[self.pool]
-        full_net = self._full_net or self._trained(x, y, real_epochs, self.seed + 17)
+        full_net = self._full_net or self._trained(x, y, real_epochs, self.seed + 17, real=("train", self.pool))
         self.seconds["real_network"] = time.perf_counter() - tick
         tick = time.perf_counter()
         nearness, per_image = self._nearness(full_net)

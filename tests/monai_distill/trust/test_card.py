@@ -75,6 +75,29 @@ def test_3d_card_on_adrenalmnist3d(medmnist_dir, tmp_path):
     assert all(p.is_file() for p in paths) and paths[2].stat().st_size > 1000
 
 
+def test_real_data_networks_are_cached_and_reused(breast, tmp_path, monkeypatch):
+    """The full-data target, calibration reference and real subset depend on the data only: a second card of another
+    set (same seed, same class counts) trains none of them again and reports the same figures for them."""
+    import monai_distill.trust.card as card_module
+
+    train = breast["train"]
+    calls = []
+    real_train = card_module.train_network
+    monkeypatch.setattr(card_module, "train_network", lambda *a, **k: calls.append(len(a[1])) or real_train(*a, **k))
+    cards = []
+    for start in (0, 100):
+        idx = torch.cat([torch.nonzero(train.labels == c).flatten()[start : start + 2] for c in range(2)])
+        syn = SyntheticSet(train.images[idx] + 0.1, train.labels[idx],
+                           meta={"mean": train.mean, "std": train.std, "num_classes": 2})
+        calls.clear()
+        cards.append(_card(breast, syn, cache_dir=str(tmp_path / "cache"))[1])
+        trained = list(calls)
+    assert trained == [4]  # the second card trains its target only (4 synthetic images)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    for target in ("real_subset", "full_data"):
+        assert cards[0]["membership"][target]["loss"]["auc"] == cards[1]["membership"][target]["loss"]["auc"]
+
+
 def test_attack_auc_is_chance_when_the_model_saw_neither(breast):
     """Members and non-members from one distribution (two halves of the test split), a model trained on neither."""
     train, test = breast["train"], breast["test"]
