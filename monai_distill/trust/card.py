@@ -141,8 +141,8 @@ class TrustCard:
         # The real-data network's training images; the members are drawn from them, so that every attack target
         # (synthetic, trained on data distilled from all of train; full data, trained on this draw) saw them.
         self.pool = torch.randperm(len(train), generator=gen)[: min(self.options.max_real_images, len(train))]
-        self.members = self.pool[: min(n, len(self.pool))]
         self.nonmembers = torch.randperm(len(heldout), generator=gen)[: min(n, len(heldout))]
+        self.members = self._same_class_mix(self.pool, n)
         self.subset = self._balanced_subset(gen)
         self.can_attack = self.options.attack and not (train.is_multilabel or heldout.is_multilabel)
         self.own = self._own_images()
@@ -151,6 +151,25 @@ class TrustCard:
         self.seconds: dict[str, float] = {"observe": 0.0}
         self._full_net: torch.nn.Module | None = None
         self._full_label = ""
+
+    def _same_class_mix(self, pool: torch.Tensor, n: int) -> torch.Tensor:
+        """Up to ``n`` of ``pool`` (in its order) with the non-members' class proportions.
+
+        Medical train and test splits often differ in class balance (PneumoniaMNIST: 74 % vs 62 % pneumonia), and a
+        network's loss differs by class, so members drawn at the train split's mix would be told from non-members by
+        their class alone: an attack AUC above 0.5 with no membership signal. Matching the mix removes that.
+        """
+        if self.train.is_multilabel or self.heldout.is_multilabel or len(self.nonmembers) == 0:
+            return pool[:n]
+        labels = self.train.labels[pool]
+        out_counts = torch.bincount(self.heldout.labels[self.nonmembers], minlength=self.train.num_classes).double()
+        have = torch.bincount(labels, minlength=self.train.num_classes).double()
+        # The largest total whose per-class share fits what the pool holds of every class.
+        share = out_counts / out_counts.sum()
+        total = min(float(n), float(min((have[c] / share[c]) for c in range(len(share)) if share[c] > 0)))
+        want = torch.floor(share * total + 1e-9).long()
+        parts = [pool[labels == c][: int(want[c])] for c in range(self.train.num_classes)]
+        return torch.cat(parts)
 
     def _own_images(self) -> torch.Tensor | None:
         """Train indices of the real images the set holds (a coreset's ``indices``) or started from (a distilled
@@ -273,7 +292,8 @@ class TrustCard:
         ref = self._losses(ref_net) if ref_net is not None else None
         ref_sub = self._losses(ref_net, self.subset) if ref_net is not None else None
         out: dict[str, Any] = {
-            "members": f"{len(self.members)} images of the train split (the source data)",
+            "members": (f"{len(self.members)} images of the train split (the source data), drawn with the "
+                        "non-members' class mix"),
             "nonmembers": f"{len(self.nonmembers)} images of the {self.heldout.split} split (never trained on)",
             "reference": (f"1 network trained on the {self.reference.split} split ({len(self.reference)} images, "
                           f"{ref_epochs} epochs)") if ref_net is not None else None,

@@ -98,6 +98,21 @@ def test_real_data_networks_are_cached_and_reused(breast, tmp_path, monkeypatch)
         assert cards[0]["membership"][target]["loss"]["auc"] == cards[1]["membership"][target]["loss"]["auc"]
 
 
+def test_members_match_the_nonmembers_class_mix(medmnist_dir):
+    """PneumoniaMNIST's shared train split is 10 % normal, its test split 37.5 %: members are drawn with the
+    non-members' mix, so that class alone cannot tell them apart."""
+    splits = {s: load_dataset("pneumoniamnist", split=s, dataset_dir=str(medmnist_dir)) for s in ("train", "val",
+                                                                                                     "test")}
+    train, test = splits["train"], splits["test"]
+    syn = SyntheticSet(train.images[:4].clone(), torch.tensor([0, 0, 1, 1]), meta={"num_classes": 2})
+    card = TrustCard(syn, train, test, splits["val"], "convnet", get_preset("quick", 2), 0, torch.device("cpu"))
+    share_in = torch.bincount(train.labels[card.members], minlength=2).double() / len(card.members)
+    share_out = torch.bincount(test.labels[card.nonmembers], minlength=2).double() / len(card.nonmembers)
+    assert float(torch.bincount(train.labels, minlength=2)[0]) / len(train) < 0.15
+    assert torch.allclose(share_in, share_out, atol=0.01) and len(card.members) > 100
+    assert set(card.members.tolist()) <= set(card.pool.tolist())
+
+
 def test_attack_auc_is_chance_when_the_model_saw_neither(breast):
     """Members and non-members from one distribution (two halves of the test split), a model trained on neither."""
     train, test = breast["train"], breast["test"]
