@@ -109,7 +109,10 @@ def targets(t: Table, datasets: list[str], ipcs: list[int], dataset_dir: Path) -
             gap, std = 100 * (ptm[RANK] - others[best][RANK]), 100 * ptm[f"{RANK}_seed_std"]
             verdict = "met" if gap > std else "missed"
             missing = [m for m in METHODS if m != "ptm" and m not in others]
-            pending = f" (provisional: {', '.join(missing)} not run yet)" if missing else ""
+            few = sorted(m for m in ("ptm", best) if len(t.seeds(d, m, i)) < 3)
+            pending = "; ".join(([f"{', '.join(missing)} not run yet"] if missing else [])
+                                + ([f"{' and '.join(few)} with fewer than 3 seeds"] if few else []))
+            pending = f" (provisional: {pending})" if pending else ""
             lines.append(f"- {d} ipc {i}: PTM balanced accuracy {t.cell(d, 'ptm', i, 'balanced_acc')} vs best other "
                          f"`{best}` {t.cell(d, best, i, 'balanced_acc')}: gap {gap:+.1f} against PTM's seed std "
                          f"{std:.1f}: **{verdict}**{pending}.")
