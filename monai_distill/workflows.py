@@ -324,6 +324,14 @@ class _Workflow:
         else:
             self.dataset = syn.meta.get("dataset_ref") or syn.meta.get("dataset")
 
+    def _optional_val(self, why_missing: str) -> RealDataset | None:
+        """The val split, or ``None`` with a warning (``why_missing``) when the dataset has none."""
+        try:
+            return self._load("val")
+        except (FileNotFoundError, KeyError, ValueError, DataError) as e:
+            logger.warning("%s (%s).", why_missing, e)
+            return None
+
     def _write_metrics(self, metrics: dict[str, Any]) -> Path:
         path = self.output_dir / "metrics.json"
         metrics["status"] = "finished"  # written last: a metrics.json without it is not a finished run's
@@ -353,13 +361,6 @@ class _CardMixin:
     seed: int
     device: torch.device
 
-    def _val_or_none(self) -> RealDataset | None:
-        try:
-            return self._load("val")  # type: ignore[attr-defined]
-        except (FileNotFoundError, KeyError, ValueError, DataError) as e:
-            logger.warning("trust card: no val split to train the calibration reference on (%s).", e)
-            return None
-
     def _card_builder(self, syn: SyntheticSet, train: RealDataset, test: RealDataset | None, arch: str,
                       preset: Preset) -> TrustCard:
         test = test if test is not None else self._load("test")  # type: ignore[attr-defined]
@@ -367,7 +368,8 @@ class _CardMixin:
         buffer_dir = getattr(self, "buffer_dir", None)
         if options.cache_dir is None and buffer_dir:  # the real-data networks live beside the experts
             options = dataclasses.replace(options, cache_dir=str(Path(buffer_dir) / "card_networks"))
-        return TrustCard(syn, train, test, self._val_or_none(), arch, preset, self.seed, self.device, options)
+        val = self._optional_val("trust card: no val split to train the calibration reference on")  # type: ignore[attr-defined]
+        return TrustCard(syn, train, test, val, arch, preset, self.seed, self.device, options)
 
     def _write_card(self, builder: TrustCard, settings: dict[str, Any], provenance: dict[str, Any],
                     keep_going: bool = True) -> dict[str, Any]:
@@ -926,11 +928,7 @@ class EvaluateWorkflow(_Workflow):
         """The val split that picks each full-data network's epoch (``select_on_val``), if the dataset has one."""
         if not self.select_on_val:
             return None
-        try:
-            return self._load("val")
-        except (FileNotFoundError, KeyError, ValueError) as e:
-            logger.warning("no val split to select the full-data networks' epoch on (%s); using the last epoch.", e)
-            return None
+        return self._optional_val("no val split to select the full-data networks' epoch on; using the last epoch")
 
     def run(self) -> dict[str, Any]:
         """Evaluate and write ``metrics.json``; return the metrics (``output_dir`` is locked meanwhile and

@@ -398,7 +398,7 @@ class TrustCard:
         card["card_seconds"] = time.perf_counter() - start + self.seconds["observe"] + self.seconds.get("targets", 0.0)
         return card
 
-    def draw(self, card: Mapping[str, Any], path: str | Path) -> Path:
+    def draw(self, path: str | Path) -> Path:
         """``card_neighbours.png``: each synthetic image (up to ``max_png``) beside its nearest real images."""
         per_image, t = self._per_image, self.train
         shape = (1, -1) + (1,) * (t.images.ndim - 2)
@@ -490,5 +490,5 @@ def write_card(card: Mapping[str, Any], builder: TrustCard, out_dir: str | Path)
     atomic_write_json(dict(card), out / CARD_FILES[0])
     with atomic_path(out / CARD_FILES[1]) as tmp:
         tmp.write_text(card_markdown(card))
-    builder.draw(card, out / CARD_FILES[2])
+    builder.draw(out / CARD_FILES[2])
     return [out / f for f in CARD_FILES]
