@@ -11,8 +11,9 @@ adjustment to the train split's class frequencies: distilled sets are class-bala
 
 Every finished run goes into ``benchmarks/results/trajectory.json`` (committed; runs/ is not) keyed
 ``dataset|method|ipc|seed``, and the table is written from that record, so a later session or a second process (on
-the other core) adds cells without losing any. Runs are resumable: finished ones are skipped, unfinished ones
-continue from their checkpoint. Notes between ``<!-- notes -->`` markers survive a rewrite.
+the other core) adds cells without losing any. Runs are resumable: cells in the record are skipped (``--rerun``
+replaces them), unfinished runs continue from their checkpoint. Notes between ``<!-- notes -->`` markers survive a
+rewrite.
 
 Usage (repo root)::
 
@@ -196,6 +197,7 @@ def main() -> None:
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
     p.add_argument("--table_only", action="store_true", help="write the table from the record, run nothing")
+    p.add_argument("--rerun", action="store_true", help="run cells the record already holds (replacing them)")
     args = p.parse_args()
     start = time.perf_counter()
     work, out_md = Path(args.work_dir) / args.preset, Path(args.out)
@@ -210,6 +212,8 @@ def main() -> None:
         for method in args.methods:
             for ipc in [0] if method == "full" else args.ipcs:
                 for seed in args.full_seeds if method == "full" else args.seeds:
+                    if (d, method, ipc, seed) in table.runs and not args.rerun:
+                        continue  # in the committed record: runs/ may be gone (a fresh checkout)
                     out = work / d / f"{method}_ipc{ipc}" / f"seed{seed}"
                     run = {**common, "seed": seed, "dataset": d}
                     if method == "full":

@@ -1,8 +1,9 @@
 """Real bags: the kept patches of each slide of a tiled cohort, in the bag format synthetic bags use.
 
-``make_real_bags(TILING_OUT, OUT)`` reads every tiled slide's patches through :class:`wsi.SlidePatchDataset` and
-writes ``OUT/bags/<slide_id>.pt`` (uint8 patches, level-0 coordinates, the slide label from the tiling manifest)
-plus ``OUT/manifest.csv`` with the columns of the synthetic-bag manifest. Real and synthetic bags are then trained
+``make_real_bags(TILING_OUT, OUT)`` reads every tiled slide's patches with :func:`wsi.read_grid` (one open slide, one
+copy per patch; :class:`wsi.SlidePatchDataset` when DataLoader workers are asked for) and writes
+``OUT/bags/<slide_id>.pt`` (uint8 patches, level-0 coordinates, the slide label from the tiling manifest) plus
+``OUT/manifest.csv`` with the columns of the synthetic-bag manifest. Real and synthetic bags are then trained
 and evaluated by the same code. Like the other cohort steps it is resumable (finished slides are skipped when
 their grid and settings are unchanged), records a bad slide as failed and goes on, and shards slides across
 ``torchrun`` ranks.
@@ -31,6 +32,7 @@ from wsi.datasets import SlidePatchDataset, load_grids
 from wsi.distributed import barrier, dist_context, shard
 from wsi.grid import PatchGrid
 from wsi.manifest import read_status, write_status
+from wsi.patches import read_grid
 
 from .bags import DONE, Bag, BagDirectory, BagError, bag_file_intact, save_bag, write_bag_manifest
 
@@ -146,12 +148,15 @@ def read_real_bag(grid: PatchGrid, label: int, backend: str, batch_size: int, nu
     """Read every patch of ``grid`` into one uint8 bag."""
     if not Path(grid.slide_path).is_file():
         raise FileNotFoundError(f"slide file '{grid.slide_path}' does not exist (moved since it was tiled?).")
-    dataset = SlidePatchDataset([grid], backend=backend, include_label=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    try:
-        patches = torch.cat([torch.as_tensor(batch["image"]).as_subclass(torch.Tensor) for batch in loader])
-    finally:
-        dataset.close()
+    if num_workers > 0:  # worker processes read through MONAI's dataset, one open slide per worker
+        dataset = SlidePatchDataset([grid], backend=backend, include_label=False)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+        try:
+            patches = torch.cat([torch.as_tensor(batch["image"]).as_subclass(torch.Tensor) for batch in loader])
+        finally:
+            dataset.close()
+    else:  # the fast path: one open slide, one copy per patch, no per-patch metadata objects
+        patches = torch.from_numpy(read_grid(grid, backend=backend))
     info = grid.info
     return Bag(
         slide_id=grid.slide_id,

@@ -12,6 +12,8 @@ Modules:
     components: the reader, tissue masker, patch grid and writer a bundle config can replace (``reader_def``,
         ``masker_def``, ``grid_def``, ``writer_def``) and their defaults.
     datasets: :class:`SlidePatchDataset` (MONAI ``PatchWSIDataset`` over saved grids).
+    patches: :func:`read_grid` / :func:`iter_grid_batches`, every patch of a grid from one open slide into uint8
+        arrays (the fast path: no per-patch metadata objects).
     cohort: :func:`build_cohort`, pyramidal TIFF slides of real tissue with a known label
         (command line: ``python -m wsi cohort OUT --n_slides 12``).
 """
@@ -19,6 +21,7 @@ Modules:
 from .cohort import build_cohort, load_pools, shared_data_dir, write_pyramid_tiff
 from .datasets import SlidePatchDataset, grid_to_data, load_grids
 from .grid import PatchGrid, PatchSpec, resolve_patch_spec
+from .patches import iter_grid_batches, read_grid
 from .reader import Slide, SlideInfo, SlideReadError, open_slide
 from .slides import SlideRecord, list_slides
 from .tiling import NoTissueError, SlideTiling, TilingConfig, tile_slide
@@ -40,10 +43,12 @@ __all__ = [
     "TissueMaskConfig",
     "build_cohort",
     "grid_to_data",
+    "iter_grid_batches",
     "list_slides",
     "load_grids",
     "load_pools",
     "open_slide",
+    "read_grid",
     "resolve_patch_spec",
     "shared_data_dir",
     "tile_slide",

@@ -210,6 +210,30 @@ class Slide:
             ) from e
         return np.asarray(patch)
 
+    def read_patch(self, x: int, y: int, size: int, level: int = 0) -> np.ndarray:
+        """Read a square RGB patch as an ``(size, size, 3)`` uint8 view, on the fast path of bulk reading.
+
+        With openslide the region comes straight from the backend object: one copy out of the decoded RGBA buffer,
+        where MONAI's reader converts to RGB, copies to numpy and moves the channel axis (three passes per patch).
+        The pixels are the same (dropping alpha is what ``convert("RGB")`` does). Other backends go through
+        :meth:`read_region`.
+
+        Args:
+            x: left edge in level-0 pixels.
+            y: top edge in level-0 pixels.
+            size: side at ``level``.
+            level: pyramid level (not checked here: the grid that gives it was made for this slide).
+        """
+        if self.backend != "openslide":
+            return self.read_region(x, y, size, size, level)
+        try:
+            rgba = np.asarray(self.handle.read_region((int(x), int(y)), int(level), (int(size), int(size))))
+        except Exception as e:
+            raise SlideReadError(
+                f"cannot read region x={x}, y={y}, {size}x{size} at level {level} of '{self.path}': {e}"
+            ) from e
+        return rgba[..., :3]
+
     def read_level(self, level: int) -> np.ndarray:
         """Read a whole level as an ``(H, W, 3)`` uint8 array (use the small ones)."""
         w, h = self.info.dimensions[level]

@@ -134,15 +134,19 @@ class SlideTiling:
 
 
 @contextmanager
-def open_with(reader: Callable[[str], Any] | None, path: str | os.PathLike, backend: str = "openslide"
-              ) -> Iterator[Any]:
+def open_with(reader: Callable[[str], Any] | None, path: str | os.PathLike, backend: str = "openslide",
+              slide: Any = None) -> Iterator[Any]:
     """Open ``path`` with ``reader`` (``None``: :class:`~wsi.reader.Slide` with ``backend``) and close it after.
 
     Args:
         reader: a callable ``reader(path)`` that returns an open slide (see :mod:`wsi.components`), or ``None``.
         path: the slide file.
         backend: MONAI ``WSIReader`` backend of the default reader.
+        slide: an already open slide: yielded as it is and left open (its owner closes it).
     """
+    if slide is not None:
+        yield slide
+        return
     slide = Slide(path, backend=backend) if reader is None else reader(str(path))
     try:
         yield slide
@@ -234,8 +238,16 @@ def tile_slide(
     reader: Callable[[str], Any] | None = None,
     masker: Callable[[np.ndarray], np.ndarray] | None = None,
     grid: Any = None,
+    slide: Any = None,
 ) -> SlideTiling:
     """Tissue mask + patch grid of one slide.
+
+    To tile and read in one pass, open the slide once and hand it to both steps (the whole path then runs at the
+    speed of a plain openslide loop; ``benchmarks/results/wsi_tiling.md``)::
+
+        with open_slide(path) as slide:
+            tiling = tile_slide(path, cfg, slide=slide)
+            patches = read_grid(tiling.grid, slide=slide)  # (N, 3, P, P) uint8
 
     Args:
         path: slide file.
@@ -249,6 +261,7 @@ def tile_slide(
         grid: ``grid.spec(info)`` and ``grid.positions(info, spec)`` (``None``: :func:`~wsi.grid.resolve_patch_spec`
             and :func:`~wsi.grid.grid_positions` with ``cfg``'s patch size, level or mpp and stride).
             :mod:`wsi.components` describes these interfaces.
+        slide: an open slide to use instead of opening ``path`` (left open).
 
     Raises:
         FileNotFoundError: missing file.
@@ -257,7 +270,7 @@ def tile_slide(
         NoTissueError: no patch passes ``cfg.tissue_threshold``.
     """
     cfg = cfg or TilingConfig()
-    with open_with(reader, path, cfg.backend) as slide:
+    with open_with(reader, path, cfg.backend, slide) as slide:
         info = slide.info
         if grid is None:
             spec = resolve_patch_spec(info, cfg.patch_size, cfg.level, cfg.mpp, cfg.stride, cfg.mpp_rtol)
