@@ -82,6 +82,17 @@ from wsi.slides import check_slide_files, list_slides
 from wsi.workflows import TilingWorkflow
 
 from .bags import BAG_STORAGE, DONE, Bag, BagDirectory, BagError, bag_file_intact, save_bag
+from .grouping import (
+    GROUPINGS,
+    CohortEncoder,
+    GroupingConfig,
+    build_encoder,
+    cohort_network,
+    embed_patches,
+    group_patches,
+    split_budget,
+    train_cohort_encoder,
+)
 from .real_bags import (
     FAILED,
     bag_fingerprint,
@@ -176,6 +187,11 @@ class SyntheticBagsWorkflow:
         annotation_labels: mask value -> class index (default: value k > 0 is class k - 1).
         png_real: real patches drawn beside the synthetic bag in each slide's PNG.
         progress: progress bars (only on a terminal).
+        storage: how bag patches are stored (``float32``, ``float16`` or ``uint8``; :meth:`mil.bags.Bag.compact`).
+        grouping: ``slide_label`` (every patch of a slide is distilled together) or ``cluster``: the patches of an
+            unannotated slide are split into groups without labels and each group is distilled into its own
+            synthetic patches (:mod:`mil.grouping`), so a small distinct region keeps patches of its own.
+        grouping_options: :class:`~mil.grouping.GroupingConfig` fields (``max_groups``, ``min_group_size``, ...).
     """
 
     def __init__(
@@ -202,6 +218,8 @@ class SyntheticBagsWorkflow:
         png_real: int = 10,
         progress: bool = True,
         storage: str = "float32",
+        grouping: str = "slide_label",
+        grouping_options: dict[str, Any] | None = None,
     ) -> None:
         # Names and numbers are checked before any slide is read (monai_distill.checks: the message names the option).
         try:
@@ -239,6 +257,9 @@ class SyntheticBagsWorkflow:
         self.png_real: int = option_int(png_real, "png_real", minimum=0)  # type: ignore[assignment]
         self.progress = option_bool(progress, "progress")
         self.storage: str = option_choice(storage, "storage", BAG_STORAGE)  # type: ignore[assignment]
+        self.grouping: str = option_choice(grouping, "grouping", GROUPINGS)  # type: ignore[assignment]
+        self.grouping_options = GroupingConfig.from_any(option_dict(grouping_options, "grouping_options"))
+        self._group_encoder: Any = None
         self.annotations = Path(annotations) if annotations else None
         if self.annotations is not None and not self.annotations.is_dir():
             raise FileNotFoundError(f"--annotations: annotations folder '{self.annotations}' does not exist (one "
@@ -357,9 +378,35 @@ class SyntheticBagsWorkflow:
         data = torch.load(self._sample_path, weights_only=True)
         sample = self._dataset(data["images"], data["labels"], cohort, "cohort")
         cohort["pool"] = self._pool(sample) if self._uses_pool() else None
+        if self.grouping == "cluster":
+            self._group_encoder = self._cohort_group_encoder(data, cohort, settings)
         cohort["options"] = self._resolved_options(sample)
         cohort["settings"] = self._settings(cohort)  # what every slide's fingerprint shares, computed once
         return cohort
+
+    def _cohort_group_encoder(self, data: dict[str, torch.Tensor], cohort: dict[str, Any], settings: dict[str, Any]
+                              ) -> Any:
+        """The grouping encoder (:mod:`mil.grouping`): trained on the cohort sample with slide labels by rank 0 and
+        cached in ``cache/grouping_encoder.pt``, or the frozen encoder the options name."""
+        opts = self.grouping_options
+        images = data["images"]
+        if opts.encoder != "cohort":
+            return build_encoder(opts, images.shape[1], images.shape[-1], self.device)
+        path = self.output_dir / "cache" / "grouping_encoder.pt"
+        key = _digest({"cohort": settings, "grouping": opts.to_dict(), "n_sample": len(images)})
+        rank, _ = dist_context()
+        cached = torch.load(path, weights_only=True) if path.is_file() else None
+        if rank == 0 and (cached is None or cached.get("key") != key):
+            encoder = train_cohort_encoder(images, data["labels"], cohort["num_classes"], opts, self.seed, self.device)
+            cached = {"key": key, "state_dict": {k: v.cpu() for k, v in encoder.state_dict().items()},
+                      "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist()}
+            atomic_torch_save(cached, path)
+        barrier()
+        cached = torch.load(path, weights_only=True)
+        net = cohort_network(images.shape[1], images.shape[-1], cohort["num_classes"], int(opts.encoder_width))
+        encoder = CohortEncoder(net, cached["mean"], cached["std"])
+        encoder.load_state_dict(cached["state_dict"])
+        return encoder.to(self.device).eval()
 
     def _class_names(self, num_classes: int) -> list[str]:
         names = [f"class {c}" for c in range(num_classes)]
@@ -420,6 +467,8 @@ class SyntheticBagsWorkflow:
     def _settings(self, cohort: dict[str, Any]) -> dict[str, Any]:
         # storage enters only when not the default, so bags written before the option keep their fingerprints.
         extra = {} if self.storage == "float32" else {"storage": self.storage}
+        if self.grouping != "slide_label":
+            extra["grouping"] = {"mode": self.grouping, **self.grouping_options.to_dict()}
         return {**extra, "method": self.method, "ipc": self.ipc, "arch": self.arch, "preset": self.preset.name,
                 "preset_fields": _digest(dataclasses.asdict(self.preset)), "options": cohort["options"],
                 "seed": self.seed,
@@ -478,6 +527,27 @@ class SyntheticBagsWorkflow:
             logger.warning("slide %s has %d patches of its smallest class, fewer than ipc=%d: ipc %d for this slide",
                            grid.slide_id, smallest, self.ipc, ipc)
         real = self._dataset(real_bag.patches.float() / 255.0, labels, cohort, grid.slide_id)
+        annotated = self._annotation(grid) is not None
+        groups = self._groups(real_bag, seed) if self.grouping == "cluster" and not annotated else None
+        if groups is None or groups.k == 1:
+            syn, n, losses = self._distil_set(real, ipc, seed, cohort, grid.slide_id)
+            extra: dict[str, Any] = {} if groups is None else {"groups": [0] * len(syn.labels),
+                                                               "group_sizes": groups.sizes}
+        else:
+            syn, n, losses, extra = self._distil_groups(real, groups, seed, cohort, grid.slide_id)
+            ipc = int(sum(extra["group_ipc"]))
+        meta = {"method": self.method, "ipc": ipc, "ipc_requested": self.ipc, "preset": self.preset.name,
+                "arch": self.arch, "seed": seed, "iterations": n, "final_losses": losses,
+                "slide_path": grid.slide_path, "n_real_patches": len(real_bag), "fingerprint": fingerprint,
+                "patch_size": int(grid.spec.patch_size), "level": int(grid.spec.level), "mpp": grid.spec.mpp,
+                "mean": cohort["mean"], "std": cohort["std"], "split": grid.split,
+                "patch_classes": syn.labels.tolist() if syn.labels.ndim == 1 else None,
+                "annotated": annotated, **extra}
+        return Bag.from_synthetic_set(syn, grid.slide_id, label, meta=meta)
+
+    def _distil_set(self, real: RealDataset, ipc: int, seed: int, cohort: dict[str, Any], desc: str
+                    ) -> tuple[SyntheticSet, int, dict[str, float]]:
+        """Distil ``real`` into ``ipc`` patches per class present: the set, its iterations and final losses."""
         seed_everything(seed)
         distiller = self._distiller(real, ipc, seed)
         if cohort["pool"] is not None:
@@ -485,20 +555,36 @@ class SyntheticBagsWorkflow:
         distiller.init_synthetic()
         n = int(distiller.num_iterations)
         losses: dict[str, float] = {}
-        bar = tqdm(range(n), desc=f"{self.method} {grid.slide_id}", leave=False,
-                   disable=None if self.progress and n else True)
+        bar = tqdm(range(n), desc=f"{self.method} {desc}", leave=False, disable=None if self.progress and n else True)
         for it in bar:
             losses = distiller.step(it)
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
-        syn: SyntheticSet = distiller.synthetic_set()
-        meta = {"method": self.method, "ipc": ipc, "ipc_requested": self.ipc, "preset": self.preset.name,
-                "arch": self.arch, "seed": seed, "iterations": n, "final_losses": losses,
-                "slide_path": grid.slide_path, "n_real_patches": len(real_bag), "fingerprint": fingerprint,
-                "patch_size": int(grid.spec.patch_size), "level": int(grid.spec.level), "mpp": grid.spec.mpp,
-                "mean": cohort["mean"], "std": cohort["std"], "split": grid.split,
-                "patch_classes": syn.labels.tolist() if syn.labels.ndim == 1 else None,
-                "annotated": self._annotation(grid) is not None}
-        return Bag.from_synthetic_set(syn, grid.slide_id, label, meta=meta)
+        return distiller.synthetic_set(), n, losses
+
+    def _groups(self, real_bag: Bag, seed: int) -> Any:
+        """The slide's annotation-free groups (:func:`mil.grouping.group_patches`) in the frozen encoder's space."""
+        features = embed_patches(real_bag.patches, self._group_encoder, self.grouping_options.batch_size)
+        return group_patches(features, self.grouping_options, seed)
+
+    def _distil_groups(self, real: RealDataset, groups: Any, seed: int, cohort: dict[str, Any], slide_id: str
+                       ) -> tuple[SyntheticSet, int, dict[str, float], dict[str, Any]]:
+        """Distil every group on its own (an equal share of ``ipc`` each, :func:`mil.grouping.split_budget`) and
+        concatenate the sets; the bag's meta says which group each synthetic patch stands for and how large it was."""
+        budgets = split_budget(self.ipc, groups.sizes)
+        images, labels, group_of, init, losses, n = [], [], [], [], {}, 0
+        for g, ipc_g in enumerate(budgets):
+            index = torch.as_tensor(np.flatnonzero(groups.labels == g))
+            part = dataclasses.replace(real, images=real.images[index], labels=real.labels[index],
+                                       name=f"{slide_id} group {g}")
+            syn, n, losses = self._distil_set(part, ipc_g, seed + 7919 * g, cohort, f"{slide_id} g{g}")
+            images.append(syn.images)
+            labels.append(syn.labels)
+            group_of += [g] * len(syn.labels)
+            init += [int(index[i]) for i in syn.meta.get("init_indices") or []]  # slide indices, for the PNG
+        meta = {**syn.meta, "init_indices": init}
+        extra = {"groups": group_of, "group_sizes": groups.sizes, "group_ipc": budgets,
+                 "group_silhouette": groups.silhouette}
+        return SyntheticSet(torch.cat(images), torch.cat(labels), meta=meta), n, losses, extra
 
     def _png(self, bag: Bag, real_bag: Bag, cohort: dict[str, Any]) -> None:
         """Three rows: the synthetic bag, the real patches it started from (when the method starts from real
