@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mil.bags import BagDirectory, load_bag, save_bag  # noqa: E402
+from mil.bags import BagDirectory, compact_bags  # noqa: E402
 from mil.real_bags import make_real_bags  # noqa: E402
 from mil.workflows import MILTrainWorkflow  # noqa: E402
 from monai_distill.utils import atomic_path, atomic_write_json  # noqa: E402
@@ -71,16 +71,6 @@ def tiling_rates(csv: Path, cfg: TilingConfig) -> list[dict[str, float]]:
         rows.append({"slide_id": row.slide_id, "kept": n, "candidates": tiling.n_candidates, "seconds": seconds,
                      "rate": n / seconds})
     return rows
-
-
-def uint8_copy(src: Path, dst: Path) -> Path:
-    """The synthetic bags of ``src`` stored as uint8 (``Bag.compact``), for the storage column."""
-    (dst / "bags").mkdir(parents=True, exist_ok=True)
-    for f in sorted((src / "bags").glob("*.pt")):
-        target = dst / "bags" / f.name
-        if not target.is_file():
-            save_bag(load_bag(f).compact("uint8"), target)
-    return dst
 
 
 def mil_epochs(out: Path, train_dir: Path, test_dir: Path, epochs: int) -> dict[str, float]:
@@ -132,7 +122,7 @@ def main() -> None:
                     "--slides", str(out / "tiling"), "--output_dir", str(synthetic), "--ipc", str(args.ipc),
                     "--progress", "False", *args.synthetic_args], cwd=REPO, check=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
-    compact = uint8_copy(synthetic, out / "synthetic_uint8")
+    compact = compact_bags(synthetic, out / "synthetic_uint8", "uint8")
     manifest = pd.read_csv(synthetic / "manifest.csv")
     real_files = sorted((out / "real" / "bags").glob("*.pt"))
     real_mb, syn_mb = _mb(real_files), _mb(sorted((synthetic / "bags").glob("*.pt")))

@@ -27,7 +27,7 @@ from .heads import MIL_HEADS, MILHead, MILOutput, get_mil_head
 # stays light and cannot form an import cycle with the distillation engine that the trainer uses for metrics.
 _LAZY = {
     "Bag": "bags", "BagDirectory": "bags", "BagError": "bags", "load_bag": "bags", "save_bag": "bags",
-    "write_bag_manifest": "bags", "EncoderConfig": "features", "FeatureExtractor": "features",
+    "compact_bags": "bags", "write_bag_manifest": "bags", "EncoderConfig": "features", "FeatureExtractor": "features",
     "FrozenEncoder": "features", "save_attention_heatmap": "heatmap", "make_real_bags": "real_bags",
     "SyntheticBagsWorkflow": "synthetic_bags", "MILTrainer": "train", "Predictions": "train", "TrainConfig": "train",
 }
@@ -53,6 +53,7 @@ __all__ = [
     "Predictions",
     "SyntheticBagsWorkflow",
     "TrainConfig",
+    "compact_bags",
     "get_mil_head",
     "load_bag",
     "make_real_bags",

@@ -50,6 +50,7 @@ __all__ = [
     "BagDirectory",
     "BagError",
     "bag_file_intact",
+    "compact_bags",
     "load_bag",
     "save_bag",
     "write_bag_manifest",
@@ -276,6 +277,31 @@ def load_bag(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     bag.meta = state.get("meta") or {}
     bag.validate(where=f"'{path}'")
     return bag
+
+
+def compact_bags(source: str | os.PathLike, target: str | os.PathLike, storage: str = "uint8") -> Path:
+    """Copy a bag directory with every bag stored as ``storage`` (:meth:`Bag.compact`), manifest included.
+
+    For bags written before ``--storage`` existed, or to measure what a smaller storage costs a head. Bags already in
+    ``target`` are kept (a rerun finishes an interrupted copy).
+
+    Returns:
+        ``target``, a bag directory (``target/bags/<slide_id>.pt``, ``target/manifest.csv``).
+    """
+    source, target = Path(source), Path(target)
+    folder = source / "bags" if (source / "bags").is_dir() else source
+    files = sorted(folder.glob("*.pt"))
+    if not files:
+        raise BagError(f"no bags (*.pt) in '{folder}'.")
+    (target / "bags").mkdir(parents=True, exist_ok=True)
+    for f in files:
+        out = target / "bags" / f.name
+        if not bag_file_intact(out):
+            save_bag(load_bag(f).compact(storage), out)
+    if (source / "manifest.csv").is_file():
+        with atomic_path(target / "manifest.csv") as tmp:
+            tmp.write_bytes((source / "manifest.csv").read_bytes())
+    return target
 
 
 def bag_file_intact(path: str | os.PathLike) -> bool:

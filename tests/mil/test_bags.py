@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from mil.bags import BAG_MANIFEST_COLUMNS, Bag, BagDirectory, BagError, load_bag, save_bag, write_bag_manifest
+from mil.bags import (
+    BAG_MANIFEST_COLUMNS,
+    Bag,
+    BagDirectory,
+    BagError,
+    compact_bags,
+    load_bag,
+    save_bag,
+    write_bag_manifest,
+)
 from monai_distill.data import SyntheticSet
 
 
@@ -64,6 +73,23 @@ def test_compact_storage_sizes_and_units(tmp_path: Path) -> None:
     assert sizes["float16"] < 0.55 * sizes["float32"] and sizes["uint8"] < 0.3 * sizes["float32"]
     with pytest.raises(BagError, match="storage must be one of"):
         bag.compact("int4")
+
+
+def test_compact_bags_copies_a_directory(tmp_path: Path) -> None:
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    src = tmp_path / "src"
+    for i in range(2):
+        syn = SyntheticSet(images * 2 - 1, torch.zeros(6, dtype=torch.long), meta={"mean": [0.5] * 3, "std": [0.5] * 3})
+        save_bag(Bag.from_synthetic_set(syn, f"slide_{i}", label=i), src / "bags" / f"slide_{i}.pt")
+    (src / "manifest.csv").write_text("slide_id,label\nslide_0,0\nslide_1,1\n")
+    out = compact_bags(src, tmp_path / "dst")
+    for i in range(2):
+        back = load_bag(out / "bags" / f"slide_{i}.pt")
+        assert back.patches.dtype == torch.uint8 and back.label == i
+        assert (back.pixels() - images).abs().max() <= 0.5 / 255 + 1e-6  # within one grey level
+    assert (out / "manifest.csv").read_text() == (src / "manifest.csv").read_text()
+    with pytest.raises(BagError, match="no bags"):
+        compact_bags(tmp_path / "empty_dir_that_is_missing", tmp_path / "x")
 
 
 @pytest.mark.parametrize(
