@@ -184,6 +184,8 @@ def write_markdown(path: Path, s: pd.DataFrame, args: argparse.Namespace, pendin
     if pending:
         lines += ["Pending rows: no synthetic bags were made in this run; rerun with `--make_synthetic 10 50` (or "
                   "`--synthetic NAME=DIR`).", ""]
+    if args.note:
+        lines += [args.note, ""]
     if facts.get("heatmap"):
         lines += [f"Attention heatmap of held-out {facts['heatmap']['caption']}:", "",
                   f"![heatmap]({facts['heatmap']['file']})", ""]
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cohort_seed", type=int, default=0)
     p.add_argument("--minority_range", type=float, nargs=2, default=(0.1, 0.3),
                    help="share of a positive slide's tissue from the minority source (smaller: a harder task)")
+    p.add_argument("--note", default="", help="a paragraph written under the table (what the rows are)")
     p.add_argument("--no_training", action="store_true", help="make the bags only (cohort, real, synthetic)")
     p.add_argument("--heatmap_only", action="store_true",
                    help="only the heatmap figure: cohort, real bags and the first head's first seed on real bags "

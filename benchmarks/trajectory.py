@@ -142,8 +142,10 @@ def targets(t: Table, datasets: list[str], ipcs: list[int], dataset_dir: Path) -
 def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) -> None:
     known = {d for d, *_ in t.runs} | set(args.datasets)
     datasets = [d for d in DATASETS if d in known] + sorted(known - set(DATASETS))
-    rows = [m for m in METHODS if any(t.seeds(d, m, i) for d in datasets for i in args.ipcs)] + ["full"]
-    cols = [(d, i) for d in datasets for i in args.ipcs]
+    # every ipc of the record, not only this invocation's: a run of one column must not drop the others
+    ipcs = sorted({i for (_, m, i, *_) in t.runs if m != "full"} | set(args.ipcs))
+    rows = [m for m in METHODS if any(t.seeds(d, m, i) for d in datasets for i in ipcs)] + ["full"]
+    cols = [(d, i) for d in datasets for i in ipcs]
     head = ["| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |", "|---|" + "---|" * len(cols)]
     budget = sorted({(r.get("iterations"), r.get("eval_epochs")) for (_, m, *_), r in t.runs.items() if m != "full"},
                     key=str)
@@ -176,10 +178,10 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
             secs = [r.get("distill_seconds") for r in t.seeds(d, m, i).values() if r.get("distill_seconds")]
             cells.append(f"{np.mean(secs):.0f}" if secs else "–")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", *targets(t, datasets, args.ipcs, Path(args.dataset_dir)), *kept_notes(path)]
+    lines += ["", *targets(t, datasets, ipcs, Path(args.dataset_dir)), *kept_notes(path)]
     write_md(path, lines)
     for d in datasets:
-        series = {m: (args.ipcs, [100 * t.agg(d, m, i)[RANK] if t.agg(d, m, i) else float("nan") for i in args.ipcs])
+        series = {m: (ipcs, [100 * t.agg(d, m, i)[RANK] if t.agg(d, m, i) else float("nan") for i in ipcs])
                   for m in rows[:-1]}
         line_plot(series, path.with_name(f"{path.stem}_{d}.png"), title=f"{d}: balanced accuracy (mean over seeds)",
                   xlabel="ipc", ylabel="balanced accuracy %", markers=True)
