@@ -77,7 +77,8 @@ def table(cards: dict, utility: dict, args: argparse.Namespace, seconds: float |
         "the members match), not membership.",
         "",
     ]
-    for d in args.datasets:
+    recorded = {d for d, *_ in cards}  # every dataset of the record, not only this invocation's
+    for d in [*args.datasets, *sorted(recorded - set(args.datasets))]:
         rows = [m for m in METHODS if (d, m, args.ipc, args.seed) in cards]
         if not rows:
             continue
