@@ -10,6 +10,7 @@ Usage (repo root)::
 
     OMP_NUM_THREADS=1 python benchmarks/trust.py                      # every set that exists
     OMP_NUM_THREADS=1 python benchmarks/trust.py --datasets breastmnist --methods random ptm
+    python benchmarks/trust.py --table_only --bags "hard cohort=runs/bench_mil_hard/synthetic_cluster_ipc10"
     python benchmarks/trust.py --table_only
 """
 
@@ -52,6 +53,35 @@ def keep(card: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def keep_bags(card: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a synthetic bag cohort's card (``wsi_synthetic_bags`` ``card.json``) that the table shows."""
+    slides = card["slides"]
+    return {"hash": card["hash"], "n_slides": card["n_slides"], "n_synthetic": card["n_synthetic"],
+            "n_near_copies": card["n_near_copies"], "median_min_pixel_rms": card["median_min_pixel_rms"],
+            "median_real_to_real_pixel_rms": card["median_real_to_real_pixel_rms"],
+            "ssim_max": max(s["synthetic"]["ssim"]["max"] for s in slides),
+            "real_patches": int(sum(s["n_real"] for s in slides))}
+
+
+def bag_lines(cards: dict) -> list[str]:
+    """The synthetic bag cohorts' rows (nearness only: no attack at bag level)."""
+    rows = {name: c for (kind, name, *_), c in cards.items() if kind == "bags"}
+    if not rows:
+        return ["Synthetic bag cohorts: `wsi_synthetic_bags` writes a card per slide and per cohort (nearness to the "
+                "slide's own patches; no attack); none tabulated yet (`--bags NAME=DIR`).", ""]
+    lines = ["## Synthetic bag cohorts (`wsi_synthetic_bags` cohort cards)", "",
+             "Each synthetic patch against the real patches of its own slide (display units). A near-copy is closer "
+             "to one of them than 99 % of the slide's real patches are to their nearest other one. No membership "
+             "attack at bag level (it needs many held-out slides and a MIL head per target); the card says so.", "",
+             "| cohort | slides | synthetic / real patches | near-copies | pixel RMS to nearest real (median of slide "
+             "minima) | real to real (median) | SSIM max |", "|---|---|---|---|---|---|---|"]
+    for name, c in rows.items():
+        lines.append(f"| {name} | {c['n_slides']} | {c['n_synthetic']} / {c['real_patches']} | {c['n_near_copies']} | "
+                     f"{c['median_min_pixel_rms']:.3f} | {c['median_real_to_real_pixel_rms']:.3f} | "
+                     f"{c['ssim_max']:.2f} |")
+    return [*lines, ""]
+
+
 def _auc(cell: dict[str, Any], key: str) -> str:
     v = cell.get(key)
     return f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" if v else "–"
@@ -77,7 +107,7 @@ def table(cards: dict, utility: dict, args: argparse.Namespace, seconds: float |
         "the members match), not membership.",
         "",
     ]
-    recorded = {d for d, *_ in cards}  # every dataset of the record, not only this invocation's
+    recorded = {d for d, *_ in cards} - {"bags"}  # every dataset of the record, not only this invocation's
     for d in [*args.datasets, *sorted(recorded - set(args.datasets))]:
         rows = [m for m in METHODS if (d, m, args.ipc, args.seed) in cards]
         if not rows:
@@ -112,10 +142,7 @@ def table(cards: dict, utility: dict, args: argparse.Namespace, seconds: float |
             lines.append(f"- {d}: no more private than real data (near-copies, or an attack AUC >= 0.6 on its own "
                          f"real images): {', '.join(worse) if worse else 'none'}.")
         lines.append("")
-    lines += ["Synthetic bag cohorts: `wsi_synthetic_bags` writes a card per slide and per cohort (nearness to the "
-              "slide's own patches; no attack), not measured here: the cohort run takes about 37 min "
-              "(`synthetic_bags.md`).", ""]
-    return lines
+    return [*lines, *bag_lines(cards)]
 
 
 def main() -> None:
@@ -135,6 +162,8 @@ def main() -> None:
     p.add_argument("--work_dir", default="runs/bench_trust")
     p.add_argument("--dataset_dir", default=str(bench.DATA))
     p.add_argument("--out", default=str(bench.REPO / "benchmarks" / "results" / "trust.md"))
+    p.add_argument("--bags", nargs="*", default=[],
+                   help="NAME=DIR: synthetic bag cohorts (wsi_synthetic_bags outputs) whose card.json to tabulate")
     p.add_argument("--table_only", action="store_true")
     args = p.parse_args()
     start = time.perf_counter()
@@ -159,6 +188,12 @@ def main() -> None:
                 cards = record.put((d, m, args.ipc, args.seed), card, keep=keep)
                 bench.write_md(out_md, table(cards, utility, args, time.perf_counter() - start))
                 print(d, m, json.dumps(keep(card))[:200], flush=True)
+    for item in args.bags:
+        name, _, folder = item.partition("=")
+        card = Path(folder) / "card.json"
+        if not card.is_file():
+            raise SystemExit(f"--bags {item}: no cohort card '{card}' (run wsi_synthetic_bags first).")
+        cards = record.put(("bags", name, args.ipc, args.seed), json.loads(card.read_text()), keep=keep_bags)
     bench.write_md(out_md, table(cards, utility, args, None if args.table_only else time.perf_counter() - start))
 
 
