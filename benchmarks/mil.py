@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from mil.bags import compact_bags  # noqa: E402
 from mil.real_bags import make_real_bags  # noqa: E402
 from mil.workflows import MILTrainWorkflow  # noqa: E402
 from monai_distill.utils import atomic_path, atomic_write_json  # noqa: E402
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cohort_seed", type=int, default=0)
     p.add_argument("--minority_range", type=float, nargs=2, default=(0.1, 0.3),
                    help="share of a positive slide's tissue from the minority source (smaller: a harder task)")
+    p.add_argument("--uint8", action="store_true", help="add a uint8-stored copy of every --synthetic bag set")
     p.add_argument("--note", default="", help="a paragraph written under the table (what the rows are)")
     p.add_argument("--no_training", action="store_true", help="make the bags only (cohort, real, synthetic)")
     p.add_argument("--heatmap_only", action="store_true",
@@ -261,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.synthetic:
         name, _, d = item.partition("=")
         sources[name] = Path(d)
+        if args.uint8:  # the same bags stored as uint8 (Bag.compact): what the smaller storage costs a head
+            sources[f"{name}, uint8"] = compact_bags(d, f"{d.rstrip('/')}_uint8", "uint8")
     if args.heatmap_only:  # the run the full benchmark takes its heatmap from, with the same settings
         head, seed, device = args.heads[0], args.seeds[0], args.devices[0]
         run_dir = out / "runs" / device / "real" / head / f"seed{seed}"
