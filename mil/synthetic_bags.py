@@ -395,8 +395,8 @@ class SyntheticBagsWorkflow:
         path = self.output_dir / "cache" / "grouping_encoder.pt"
         key = _digest({"cohort": settings, "grouping": opts.to_dict(), "n_sample": len(images)})
         rank, _ = dist_context()
-        cached = torch.load(path, weights_only=True) if path.is_file() else None
-        if rank == 0 and (cached is None or cached.get("key") != key):
+        cached = torch.load(path, weights_only=True) if rank == 0 and path.is_file() else None
+        if rank == 0 and (cached is None or cached.get("key") != key):  # the other ranks wait and load it
             encoder = train_cohort_encoder(images, data["labels"], cohort["num_classes"], opts, self.seed, self.device)
             cached = {"key": key, "state_dict": {k: v.cpu() for k, v in encoder.state_dict().items()},
                       "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist()}
