@@ -46,6 +46,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,21 +132,34 @@ def annotation_patch_labels(
     Raises:
         ValueError: the mask is not a 2D label image, or holds a value that ``value_to_class`` does not map.
     """
+    return mask_patch_labels(mask, np.asarray(grid.coords), grid.spec.footprint, grid.info.dimensions[0],
+                             grid.slide_id, value_to_class)
+
+
+def mask_patch_labels(
+    mask: np.ndarray,
+    coords: np.ndarray,
+    footprint: int,
+    level0_size: Sequence[int],
+    slide_id: str,
+    value_to_class: dict[int, int] | None = None,
+) -> np.ndarray:
+    """:func:`annotation_patch_labels` for patches given by their level-0 ``(x, y)`` corners and footprint (a real
+    bag's ``coords`` and meta ``footprint`` / ``level0_size``)."""
     if mask.ndim != 2:
-        raise ValueError(f"annotation mask of '{grid.slide_id}' must be a 2D label image, got shape {mask.shape}.")
-    width, height = grid.info.dimensions[0]
+        raise ValueError(f"annotation mask of '{slide_id}' must be a 2D label image, got shape {mask.shape}.")
+    width, height = level0_size
     sx, sy = mask.shape[1] / width, mask.shape[0] / height
-    fp = grid.spec.footprint
-    out = np.full(len(grid), -1, dtype=np.int64)
-    for i, (x, y) in enumerate(np.asarray(grid.coords)):
+    out = np.full(len(coords), -1, dtype=np.int64)
+    for i, (x, y) in enumerate(coords):
         x0, y0 = int(x * sx), int(y * sy)
-        region = mask[y0 : max(y0 + 1, int((y + fp) * sy)), x0 : max(x0 + 1, int((x + fp) * sx))]
+        region = mask[y0 : max(y0 + 1, int((y + footprint) * sy)), x0 : max(x0 + 1, int((x + footprint) * sx))]
         values, counts = np.unique(region[region > 0], return_counts=True)
         if counts.sum() * 2 < region.size or len(values) == 0:
             continue
         value = int(values[np.argmax(counts)])
         if value_to_class is not None and value not in value_to_class:
-            raise ValueError(f"annotation mask of '{grid.slide_id}' holds value {value}, which annotation_labels "
+            raise ValueError(f"annotation mask of '{slide_id}' holds value {value}, which annotation_labels "
                              f"{value_to_class} does not map.")
         out[i] = value_to_class[value] if value_to_class is not None else value - 1
     return out

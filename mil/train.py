@@ -335,6 +335,8 @@ class MILTrainer:
         self.model = MILModel(head, self.in_features).to(self.device)
         # Decision threshold on P(class 1), chosen on the validation bags by fit(); None: the most probable class.
         self.threshold: float | None = None
+        # Set by init_from(): fine-tuning keeps the pre-trained model's feature standardisation (part of the model).
+        self.pretrained: str | None = None
 
     # ------------------------------------------------------------------ steps
     def _forward_loss(self, bags: Sequence[Bag]) -> tuple[MILOutput, torch.Tensor, torch.Tensor]:
@@ -363,7 +365,7 @@ class MILTrainer:
         self._check_bags(train, "training")
         val = list(val or [])
         with torch_threads(cfg.num_threads):
-            if cfg.standardize:
+            if cfg.standardize and self.pretrained is None:
                 self.model.fit_standardization(train)
             optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -472,6 +474,31 @@ class MILTrainer:
         atomic_torch_save(state, path)
         return path
 
+    def init_from(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Start from the weights (and feature standardisation) of a checkpoint written by :meth:`save`: the next
+        :meth:`fit` fine-tunes them (seed 003 Table 5, cross-centre transfer) instead of training from scratch.
+
+        Returns:
+            The checkpoint's ``extra`` (its encoder, to check that the features match).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a MIL checkpoint, or one of another head, feature size or class count.
+        """
+        state = _read_checkpoint(Path(path))
+        mine = {"model": self.model_name, "in_features": self.in_features, "num_classes": self.num_classes}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise ValueError(f"checkpoint '{path}' holds {theirs}, but this run trains {mine}: fine-tuning needs the "
+                             "same head, feature size and class count.")
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except RuntimeError as e:
+            raise ValueError(f"'{path}': weights do not fit head '{self.model_name}': {e}") from e
+        self.model.to(self.device)
+        self.pretrained = str(path)
+        return state.get("extra", {})
+
     @classmethod
     def load(cls, path: str | os.PathLike, head_def: Callable[..., nn.Module] | None = None,
              **overrides: Any) -> tuple[MILTrainer, dict[str, Any]]:
@@ -488,18 +515,7 @@ class MILTrainer:
             ValueError: not a MIL checkpoint, or weights that do not fit the recorded head.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"MIL checkpoint '{path}' does not exist.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"'{path}' is not a readable MIL checkpoint ({type(e).__name__}: {e}).") from e
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"'{path}' is not a {CHECKPOINT_FORMAT} checkpoint (written by MILTrainer.save).")
-        if state.get("format_version", 0) > CHECKPOINT_VERSION:
-            raise ValueError(
-                f"'{path}' has checkpoint format {state['format_version']}; this version reads {CHECKPOINT_VERSION}."
-            )
+        state = _read_checkpoint(path)
         config = TrainConfig(**{**state.get("train_config", {}), **overrides})
         model: str | Callable[..., nn.Module] = state["model"]
         if head_def is not None:
@@ -514,3 +530,24 @@ class MILTrainer:
         trainer.model.to(trainer.device)
         trainer.threshold = state.get("threshold")  # checkpoints before thresholds: the most probable class
         return trainer, state.get("extra", {})
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state written by :meth:`MILTrainer.save`, checked for its format.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable MIL checkpoint, or a newer format.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"MIL checkpoint '{path}' does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"'{path}' is not a readable MIL checkpoint ({type(e).__name__}: {e}).") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"'{path}' is not a {CHECKPOINT_FORMAT} checkpoint (written by MILTrainer.save).")
+    if state.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"'{path}' has checkpoint format {state['format_version']}; this version reads "
+                         f"{CHECKPOINT_VERSION}.")
+    return state

@@ -486,6 +486,8 @@ class MILTrainWorkflow(_MILWorkflowBase):
         encoder_def: the frozen encoder as a definition (config entry ``encoder_def``), replacing ``encoder``/
             ``encoder_options``; its arguments must be JSON values (recorded in ``model.pt`` and the cache key).
             :class:`~monai_distill.components.RegistryNetwork` (the bundle default) means ``encoder``.
+        init_checkpoint: a ``model.pt`` of this workflow to fine-tune instead of training from scratch (seed 003
+            Table 5, cross-centre transfer): same head, classes and encoder; its feature standardisation is kept.
         **kwargs: options of the held-out side and features (see :class:`_MILWorkflowBase`: ``feature_cache``,
             ``device``, ``amp``, ``num_threads``, ``seed``, ``test_split``, ``max_test_patches``, tiling options,
             ``n_heatmaps``, ``progress``).
@@ -515,10 +517,15 @@ class MILTrainWorkflow(_MILWorkflowBase):
         allow_overlap: bool = False,
         head_def: Any = None,
         encoder_def: Any = None,
+        init_checkpoint: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(test_slides, output_dir, **kwargs)
         self.train_bags = Path(train_bags)
+        self.init_checkpoint = Path(init_checkpoint) if init_checkpoint else None
+        if self.init_checkpoint is not None and not self.init_checkpoint.is_file():
+            raise FileNotFoundError(f"--init_checkpoint: MIL checkpoint '{self.init_checkpoint}' does not exist (a "
+                                    "model.pt of the mil_slide_classification train.json).")
         self.num_classes = option_int(num_classes, "num_classes", minimum=2, allow_none=True)
         # The bundle defaults (RegistryHead(@model), RegistryNetwork(@encoder)) mean the flat flags.
         self.head_def = as_factory(head_def, "head_def")
@@ -613,6 +620,8 @@ class MILTrainWorkflow(_MILWorkflowBase):
         in_features = feats["train"][0].features.shape[1]  # type: ignore[union-attr]
         trainer = MILTrainer(self.head_def or self.model, in_features, num_classes, self.head_options,
                              self.train_config)
+        if self.init_checkpoint is not None:
+            self._init_from(trainer, extractor.key)
         result = trainer.fit(train_f, val_f)
         self._write_history(result)
         train_m = trainer.predict(train_f).metrics()
@@ -645,8 +654,21 @@ class MILTrainWorkflow(_MILWorkflowBase):
             "seed": self.seed,
             "train_bags": str(self.train_bags),
             "test_slides": str(self.test_slides),
+            "init_checkpoint": None if self.init_checkpoint is None else str(self.init_checkpoint),
         }
         return self._write_outputs(trainer, feats["test"], metrics)
+
+    def _init_from(self, trainer: MILTrainer, encoder_key: str) -> None:
+        """Load ``init_checkpoint`` into ``trainer``; its head must have seen features of this run's encoder."""
+        try:
+            extra = trainer.init_from(self.init_checkpoint)  # type: ignore[arg-type]
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"--init_checkpoint: {e}") from e
+        if extra.get("encoder_key") != encoder_key:
+            raise ValueError(f"--init_checkpoint '{self.init_checkpoint}' was trained on features of encoder "
+                             f"{extra.get('encoder_key')!r}, this run makes {encoder_key!r}: fine-tune with the "
+                             "encoder settings of the checkpoint's run (encoder, encoder_options, encoder_seed, "
+                             "input_size).")
 
     def _class_count(self, train: _Scan) -> int:
         """The head's class count: ``num_classes``, or one more than the largest training label; training bags must

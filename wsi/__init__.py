@@ -18,7 +18,7 @@ Modules:
         (command line: ``python -m wsi cohort OUT --n_slides 12``).
 """
 
-from .cohort import build_cohort, load_pools, shared_data_dir, write_pyramid_tiff
+from .cohort import Centre, build_centres, build_cohort, load_pools, shared_data_dir, write_pyramid_tiff
 from .datasets import SlidePatchDataset, grid_to_data, load_grids
 from .grid import PatchGrid, PatchSpec, resolve_patch_spec
 from .patches import iter_grid_batches, read_grid
@@ -29,6 +29,7 @@ from .tissue import TissueMaskConfig, tile_tissue_fraction, tissue_fraction, tis
 from .workflows import TilingWorkflow
 
 __all__ = [
+    "Centre",
     "NoTissueError",
     "PatchGrid",
     "PatchSpec",
@@ -41,6 +42,7 @@ __all__ = [
     "TilingConfig",
     "TilingWorkflow",
     "TissueMaskConfig",
+    "build_centres",
     "build_cohort",
     "grid_to_data",
     "iter_grid_batches",

@@ -9,9 +9,15 @@ Slides are written with tifffile as tiled JPEG pyramids whose levels are consecu
 resolution tags set, so openslide (``generic-tiff``) and MONAI's tifffile backend both see every level and its mpp.
 Everything is seeded; the same seed gives byte-identical files.
 
+A *multi-centre* cohort (:func:`build_centres`, seed 003 Table 5's cross-centre transfer) writes one such cohort per
+:class:`Centre`: each centre cuts its pieces from its own share of every source image (no piece of tissue is in two
+centres) and stains them its own way (haematoxylin/eosin concentrations scaled in Ruifrok-Johnston colour
+deconvolution space), so a model trained at one centre meets unseen tissue in another stain at the other.
+
 Command line (``fire``)::
 
     python -m wsi cohort OUT --n_slides 12 --size "(4096, 3072)" --seed 0
+    python -m wsi centres OUT --n_slides 18           # OUT/centre_a, OUT/centre_b (DEFAULT_CENTRES)
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import tifffile
 from PIL import Image
+from skimage.color import hed2rgb, rgb2hed
 
 from monai_distill.progress import progress_bar
 from monai_distill.utils import atomic_path
@@ -35,8 +43,11 @@ from .reader import Slide
 from .tissue import TissueMaskConfig, tissue_mask
 
 __all__ = [
+    "DEFAULT_CENTRES",
     "DEFAULT_SOURCES",
+    "Centre",
     "TissuePool",
+    "build_centres",
     "build_cohort",
     "load_pools",
     "shared_data_dir",
@@ -75,15 +86,37 @@ class TissuePool:
         images: RGB images the pieces are cut from (level 0 of slides, whole tiles).
         corners: per image, ``(K, 2)`` top-left ``(x, y)`` of the pieces that are mostly tissue.
         piece_size: side of a piece in pixels.
+        stain: factors on the haematoxylin, eosin and DAB concentrations of every piece (:func:`stain_shift`);
+            ``None``: the source's own colours.
     """
 
     name: str
     images: list[np.ndarray]
     corners: list[np.ndarray]
     piece_size: int
+    stain: tuple[float, float, float] | None = None
 
     def __len__(self) -> int:
         return int(sum(len(c) for c in self.corners))
+
+    def restrict(self, region: tuple[float, float], stain: tuple[float, float, float] | None = None) -> TissuePool:
+        """The pieces lying wholly inside the horizontal share ``region = (start, stop)`` of their image (fractions of
+        its width), stained with ``stain``: disjoint regions give pools that share no tissue.
+
+        Raises:
+            ValueError: ``region`` is not ``0 <= start < stop <= 1``, or holds no piece.
+        """
+        start, stop = (float(v) for v in region)
+        if not 0.0 <= start < stop <= 1.0:
+            raise ValueError(f"region must be (start, stop) with 0 <= start < stop <= 1, got {region}.")
+        corners = []
+        for image, c in zip(self.images, self.corners):
+            w = image.shape[1]
+            corners.append(c[(c[:, 0] >= start * w) & (c[:, 0] + self.piece_size <= stop * w)])
+        pool = TissuePool(self.name, self.images, corners, self.piece_size, stain)
+        if len(pool) == 0:
+            raise ValueError(f"no piece of source '{self.name}' lies inside region {region} of its images.")
+        return pool
 
     @classmethod
     def from_files(
@@ -126,7 +159,19 @@ class TissuePool:
         p = self.piece_size
         piece = self.images[i][y : y + p, x : x + p]
         piece = np.rot90(piece, int(rng.integers(4)))
-        return piece[:, ::-1] if rng.random() < 0.5 else piece
+        piece = piece[:, ::-1] if rng.random() < 0.5 else piece
+        return piece if self.stain is None else stain_shift(piece, self.stain)
+
+
+def stain_shift(image: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """Scale the haematoxylin, eosin and DAB concentrations of an RGB uint8 image by ``factors``.
+
+    Colour deconvolution (Ruifrok & Johnston, 2001; ``skimage.color.rgb2hed``) splits each pixel's optical density
+    into stain concentrations; scaling them is the stain variation between laboratories that HED augmentation
+    models (Tellez et al., 2018). Glass (zero concentration) stays as it is.
+    """
+    hed = rgb2hed(image) * np.asarray(factors, dtype=np.float64).reshape(1, 1, 3)
+    return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
 
 
 def load_pools(
@@ -286,6 +331,7 @@ def build_cohort(
     pools: dict[str, TissuePool] | None = None,
     annotation_downsample: int = 4,
     progress: bool = False,
+    slide_prefix: str = "slide_",
 ) -> pd.DataFrame:
     """Write a labelled cohort of pyramidal TIFF slides and ``cohort.csv``.
 
@@ -307,6 +353,7 @@ def build_cohort(
         pools: pre-loaded pools (saves reading the sources again).
         annotation_downsample: downsample of the annotation PNGs.
         progress: show a progress bar.
+        slide_prefix: slide ids are ``<slide_prefix><index:03d>`` (distinct prefixes keep cohorts apart).
 
     Returns:
         The cohort table: ``slide_path`` (relative to ``output_dir``), ``label`` (1 positive / 0 negative), ``split``,
@@ -334,7 +381,7 @@ def build_cohort(
 
     rows = []
     for i in progress_bar(range(n_slides), desc="cohort", unit="slide", enabled=progress):
-        slide_id = f"slide_{i:03d}"
+        slide_id = f"{slide_prefix}{i:03d}"
         slide_rng = np.random.default_rng([seed, i])  # each slide is the same whatever n_slides is
         label = int(labels[i])
         image, annotation, frac = synthesize_slide(
@@ -355,3 +402,70 @@ def build_cohort(
     with atomic_path(out / "cohort.csv") as tmp:
         table.to_csv(tmp, index=False)
     return table
+
+
+@dataclass(frozen=True)
+class Centre:
+    """One centre of a multi-centre cohort.
+
+    Attributes:
+        name: folder of the centre's cohort.
+        region: ``(start, stop)`` horizontal share of every source image its tissue comes from.
+        stain: factors on the haematoxylin, eosin and DAB concentrations of its tissue (:func:`stain_shift`).
+    """
+
+    name: str
+    region: tuple[float, float] = (0.0, 1.0)
+    stain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+# Two centres with disjoint tissue: A in the sources' own colours, B with stronger haematoxylin and weaker eosin.
+DEFAULT_CENTRES: tuple[Centre, ...] = (
+    Centre("centre_a", (0.0, 0.5), (1.0, 1.0, 1.0)),
+    Centre("centre_b", (0.5, 1.0), (1.6, 0.6, 1.0)),
+)
+
+
+def build_centres(
+    output_dir: str | os.PathLike,
+    centres: Sequence[Centre | dict[str, Any]] = DEFAULT_CENTRES,
+    n_slides: int = 18,
+    seed: int = 0,
+    shared_data: str | os.PathLike | None = None,
+    pools: dict[str, TissuePool] | None = None,
+    progress: bool = False,
+    **cohort_options: Any,
+) -> dict[str, pd.DataFrame]:
+    """Write one labelled cohort per centre (``OUT/<centre>/cohort.csv``, as :func:`build_cohort`, slide ids
+    ``<centre>_000``, ...) and ``OUT/centres.json`` (each centre's region and stain).
+
+    Args:
+        output_dir: parent folder of the centres' cohorts.
+        centres: :class:`Centre` objects or their fields as dicts; regions should not overlap.
+        n_slides: slides per centre.
+        seed: seed of the first centre; centre ``i`` uses ``seed + 1000 * i`` (other slides, other splits).
+        shared_data: folder of the real data (default :func:`shared_data_dir`).
+        pools: pre-loaded pools of every source.
+        progress: show progress bars.
+        cohort_options: further :func:`build_cohort` options (``size``, ``minority_range``, ``piece_size``, ...).
+
+    Returns:
+        Centre name -> its cohort table.
+    """
+    centres = [c if isinstance(c, Centre) else Centre(**c) for c in centres]
+    names = [c.name for c in centres]
+    if len(set(names)) != len(names):
+        raise ValueError(f"centre names must differ, got {names}.")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = pools if pools is not None else load_pools(shared_data, piece_size=cohort_options.get("piece_size", 128))
+    tables = {}
+    for i, centre in enumerate(centres):
+        own = {name: pool.restrict(centre.region, tuple(centre.stain)) for name, pool in base.items()}
+        tables[centre.name] = build_cohort(out / centre.name, n_slides=n_slides, seed=seed + 1000 * i, pools=own,
+                                           progress=progress, slide_prefix=f"{centre.name}_", **cohort_options)
+    record = {"seed": seed, "n_slides": n_slides,
+              "centres": [{"name": c.name, "region": list(c.region), "stain": list(c.stain)} for c in centres]}
+    with atomic_path(out / "centres.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    return tables
