@@ -28,8 +28,8 @@ from .presets import Preset
 from .progress import progress_bar
 from .utils import inference_batch_size
 
-__all__ = ["EvalResult", "class_prior", "classification_metrics", "evaluate_models", "evaluate_synthetic",
-           "map_batches", "predict", "prior_shift", "protocol_optimizer", "train_network"]
+__all__ = ["EvalResult", "EvaluationProtocol", "class_prior", "classification_metrics", "evaluate_models",
+           "evaluate_synthetic", "map_batches", "predict", "prior_shift", "protocol_optimizer", "train_network"]
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, int], None]
 EpochHook = Callable[[int, torch.nn.Module], None]
@@ -384,3 +384,40 @@ def evaluate_synthetic(
     return evaluate_models(
         syn.images.detach(), syn.labels.detach(), test, arch, preset, seed, device, lr=syn.lr, **kwargs
     )
+
+
+class EvaluationProtocol:
+    """The evaluation protocol as one component (the bundles' ``evaluation_def`` entry): ``models`` fresh networks of
+    ``network_def`` trained on a set for ``epochs`` with ``optimizer_def``, each tested on real data
+    (:func:`evaluate_models`; the protocol of DC/DM/MTT and of seeds 000-003).
+
+    The workflows evaluate every set (synthetic, coreset, full data, during distillation, tuning) through
+    :meth:`evaluate` alone, so a subclass that overrides it (another schedule, augmentation or metric) replaces the
+    protocol everywhere: ``--evaluation_def#_target_ mymodule.MyProtocol``.
+
+    Args:
+        network_def: factory of the evaluation networks (``None``: the flat ``eval_arch``, else the set's network).
+        optimizer_def: optimiser without its params (``None`` or ``ProtocolSGD``: SGD with the preset's momentum and
+            weight decay).
+        models: number of networks K (``None``: the preset's ``eval_models``).
+        epochs: epochs per network (``None``: the preset's ``eval_epochs``).
+    """
+
+    def __init__(self, network_def: Any = None, optimizer_def: Any = None, models: int | None = None,
+                 epochs: int | None = None) -> None:
+        self.network_def, self.optimizer_def, self.models, self.epochs = network_def, optimizer_def, models, epochs
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, test: RealDataset, arch: str, preset: Preset,
+                 seed: int, device: torch.device, **kwargs: Any) -> EvalResult:
+        """Train and test the networks on ``images``/``labels``: :func:`evaluate_models` with the same arguments."""
+        return evaluate_models(images, labels, test, arch, preset, seed, device, **kwargs)
+
+    def evaluate_set(self, syn: SyntheticSet, test: RealDataset, arch: str, preset: Preset, seed: int,
+                     device: torch.device, **kwargs: Any) -> EvalResult:
+        """:meth:`evaluate` on a :class:`SyntheticSet`, with its learned lr when it has one."""
+        return self.evaluate(syn.images.detach(), syn.labels.detach(), test, arch, preset, seed, device, lr=syn.lr,
+                             **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(network_def={self.network_def!r}, optimizer_def={self.optimizer_def!r}, "
+                f"models={self.models}, epochs={self.epochs})")

@@ -30,7 +30,6 @@ import torch
 
 from .checks import OptionError, option_dict, option_float, option_int
 from .data import RealDataset, SyntheticSet
-from .evaluation import evaluate_synthetic
 from .presets import CONFIG_DIR, config_path, deep_merge
 from .runs import guarded_run
 from .utils import atomic_write_json, check_output_dir
@@ -141,8 +140,9 @@ class TuneWorkflow:
         metrics = wf.run() if not (out / "metrics.json").is_file() else json.loads((out / "metrics.json").read_text())
         syn = SyntheticSet.load(out / "synthetic.pt")
         val = self._val()
-        result = evaluate_synthetic(syn, val, self.base.eval_arch, self.base._preset(val.spatial_dims), self.base.seed,
-                                    self.base.device, progress=self.base.progress)
+        result = self.base.protocol.evaluate_set(syn, val, self.base.eval_arch, self.base._preset(val.spatial_dims),
+                                                 self.base.seed, self.base.device, progress=self.base.progress,
+                                                 optimizer=self.base.eval_optimizer_def)
         s = result.summary
         return {"trial": index, "override": {k: _jsonable(v) for k, v in override.items()},
                 "val_balanced_acc": s["test_balanced_acc_mean"], "val_balanced_acc_std": s["test_balanced_acc_std"],

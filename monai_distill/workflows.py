@@ -7,6 +7,7 @@ Both are plain classes with a ``run()`` method, built by MONAI's ``ConfigParser`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ from .components import (
 )
 from .data import DataError, RealDataset, SyntheticSet, load_dataset
 from .data.medmnist import MEDMNIST_SIZES, medmnist_info, medmnist_path
-from .evaluation import EvalResult, OptimizerDefinition, class_prior, evaluate_models, evaluate_synthetic
+from .evaluation import EvalResult, EvaluationProtocol, OptimizerDefinition, class_prior
 from .methods import DistillConfig, Distiller, get_method
 from .networks import NETWORKS, get_network
 from .plotting import line_plot
@@ -139,6 +141,31 @@ def _check_preset_overrides(preset: str, overrides: dict[str, Any]) -> dict[str,
     return out
 
 
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _protocol(value: Any) -> EvaluationProtocol:
+    """The ``evaluation_def`` entry as a protocol object: an instance as it is, a class, partial or definition dict
+    built without arguments; ``None``: the default protocol (the flat ``eval_*`` arguments).
+
+    Raises:
+        OptionError: the entry builds something without an ``evaluate`` method.
+    """
+    if value is None or isinstance(value, EvaluationProtocol):
+        return value or EvaluationProtocol()
+    built = value
+    if isinstance(value, (Mapping, str, type, functools.partial)):  # a definition: build it without arguments
+        factory = as_factory(value, "evaluation_def")
+        built = factory() if factory is not None else EvaluationProtocol()
+    if not callable(getattr(built, "evaluate", None)) or not all(
+            hasattr(built, a) for a in ("network_def", "optimizer_def", "models", "epochs")):
+        raise OptionError(f"--evaluation_def: {type(built).__name__} is not an evaluation protocol; subclass "
+                          "monai_distill.evaluation.EvaluationProtocol (fields network_def, optimizer_def, models, "
+                          "epochs and an evaluate(images, labels, test, arch, preset, seed, device, **kwargs) method).")
+    return built
+
+
 class _Workflow:
     """Shared set-up: device, preset, output directory, dataset loading and metrics writing.
 
@@ -162,6 +189,10 @@ class _Workflow:
         dataset_def: the real data (config entry ``dataset_def``): a callable taking ``split`` that returns a
             :class:`~monai_distill.data.RealDataset`, or a class whose instances are such callables
             (:class:`~monai_distill.components.FlagDataset`); ``None``: ``dataset`` read by ``load_dataset``.
+        evaluation_def: the evaluation protocol as one component (config entry ``evaluation_def``, whose default
+            gathers ``eval_network_def``, ``eval_optimizer_def``, ``eval_models`` and ``eval_epochs``): an
+            :class:`~monai_distill.evaluation.EvaluationProtocol` (or subclass) instance, class or definition; the
+            fields it sets replace those four arguments, and its ``evaluate`` trains and tests every network.
     """
 
     def __init__(
@@ -180,10 +211,16 @@ class _Workflow:
         eval_network_def: Any = None,
         eval_optimizer_def: Any = None,
         dataset_def: Any = None,
+        evaluation_def: Any = None,
     ) -> None:
         # Every option is checked here, before any data is read or time is spent (names, types, ranges); the
         # errors name the option. Files are checked last, by _check_dataset.
         refuse_multiprocess_without_config(f"the bundle ({type(self).__name__})")
+        self.protocol = _protocol(evaluation_def)
+        eval_network_def = _first(self.protocol.network_def, eval_network_def)
+        eval_optimizer_def = _first(self.protocol.optimizer_def, eval_optimizer_def)
+        eval_models = _first(self.protocol.models, eval_models)
+        eval_epochs = _first(self.protocol.epochs, eval_epochs)
         self.output_dir = Path(str(option_str(output_dir, "output_dir")))
         self.dataset = option_str(dataset, "dataset", allow_none=True)
         # dataset_def: FlagDataset(@dataset) (the default) means "as without the entry"; another definition replaces
@@ -230,7 +267,8 @@ class _Workflow:
         defined = {"network_def": getattr(self, "network_def", None), "eval_network_def": self.eval_network_def,
                    "eval_optimizer_def": self.eval_optimizer_def, "dataset_def": self.dataset_def,
                    "method_def": getattr(self, "method_def", None),
-                   "writer_def": getattr(self, "writer_def", None)}
+                   "writer_def": getattr(self, "writer_def", None),
+                   "evaluation_def": None if type(self.protocol) is EvaluationProtocol else type(self.protocol)}
         return {entry: component_spec(factory) for entry, factory in defined.items() if factory is not None}
 
     def _check_dataset(self) -> None:
@@ -650,10 +688,10 @@ class DistillWorkflow(_CardMixin, _Workflow):
             metrics["final_losses"] = progress.history[-1]
         card = self._card_builder(syn, train, test, self.eval_arch, preset) if self.card else None
         if self.evaluate:
-            result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device,
-                                        progress=self.progress, target_prior=_train_prior(syn),
-                                        optimizer=self.eval_optimizer_def,
-                                        on_model=card.observe if card is not None else None)
+            result = self.protocol.evaluate_set(syn, test, self.eval_arch, preset, self.seed, self.device,
+                                                progress=self.progress, target_prior=_train_prior(syn),
+                                                optimizer=self.eval_optimizer_def,
+                                                on_model=card.observe if card is not None else None)
             metrics.update(self._common_metrics(preset, result))
             if self.eval_every:
                 self._record_eval(progress, result, preset)
@@ -774,8 +812,8 @@ class DistillWorkflow(_CardMixin, _Workflow):
         syn = distiller.synthetic_set()
         if is_main_process():
             syn.to_png(self.output_dir / "progress" / f"synthetic_it{progress.iteration:05d}.png")
-        result = evaluate_synthetic(syn, test, self.eval_arch, preset, self.seed, self.device, progress=False,
-                                    optimizer=self.eval_optimizer_def)
+        result = self.protocol.evaluate_set(syn, test, self.eval_arch, preset, self.seed, self.device, progress=False,
+                                            optimizer=self.eval_optimizer_def)
         self._record_eval(progress, result, preset)
         self._plot_accuracy(progress)
         self._write_losses(progress)
@@ -966,7 +1004,7 @@ class EvaluateWorkflow(_Workflow):
         if full:
             train = self._load("train")
             self._check_split(train)
-            result = evaluate_models(
+            result = self.protocol.evaluate(
                 train.images,
                 train.labels,
                 test,
@@ -982,7 +1020,7 @@ class EvaluateWorkflow(_Workflow):
             )
             method, ipc, n = "full", None, len(train)
         else:
-            result = evaluate_synthetic(
+            result = self.protocol.evaluate_set(
                 syn,
                 test,
                 arch,

@@ -259,6 +259,54 @@ def test_user_writer_definition(medmnist_dir: Path, tmp_path: Path) -> None:
     assert last.startswith(PREFIX) and "writer_def" in last and "synthetic.pt" in last
 
 
+USER_PROTOCOL = '''
+from monai_distill.evaluation import EvaluationProtocol
+
+
+class CountingProtocol(EvaluationProtocol):
+    """The default protocol that also writes how many images each evaluation trained on."""
+
+    def evaluate(self, images, labels, test, *args, **kwargs):
+        with open("protocol_calls.txt", "a") as f:
+            f.write(f"{len(images)} {self.models}\\n")
+        return super().evaluate(images, labels, test, *args, **kwargs)
+
+
+class NotAProtocol:
+    def __init__(self, **fields):
+        self.fields = fields
+'''
+
+
+def test_user_evaluation_protocol(medmnist_dir: Path, tmp_path: Path) -> None:
+    """``--evaluation_def#_target_`` names an EvaluationProtocol subclass of the user's: it evaluates the set (its
+    fields still come from the flat entries unless set), the run records it, and an object that is no protocol ends
+    with one line."""
+    (tmp_path / "myprotocols.py").write_text(USER_PROTOCOL)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    cmd = bundle_cmd(str(REPO_ROOT / TRAIN_2D), dataset="breastmnist", dataset_dir=medmnist_dir, method="random",
+                     ipc=2, output_dir=out, card=False, **{"evaluation_def#_target_": "myprotocols.CountingProtocol"},
+                     **{**TINY, "eval_models": 2})
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "protocol_calls.txt").read_text().split() == ["4", "2"]  # 2 classes x ipc 2; K from the flag
+    m = _metrics(out)
+    assert m["n_eval_models"] == 2 and m["config"]["evaluation_def"] == {"_target_": "myprotocols.CountingProtocol"}
+    last = _cli_error(str(REPO_ROOT / TRAIN_2D), cwd=tmp_path, dataset="breastmnist", dataset_dir=medmnist_dir,
+                      method="random", ipc=2, output_dir=tmp_path / "bad", card=False,
+                      **{"evaluation_def#_target_": "myprotocols.NotAProtocol"}, **TINY)
+    assert last.startswith(PREFIX) and "evaluation_def" in last and "EvaluationProtocol" in last
+
+
+def test_evaluation_protocol_field_overrides_the_flat_entry(medmnist_dir: Path, tmp_path: Path) -> None:
+    """``--evaluation_def#models 1`` sets K through the protocol entry, over the flat ``--eval_models``."""
+    out = tmp_path / "out"
+    run_bundle(TRAIN_2D, dataset="breastmnist", dataset_dir=medmnist_dir, method="random", ipc=2, output_dir=out,
+               card=False, **{**TINY, "eval_models": 3}, **{"evaluation_def#models": 1})
+    assert _metrics(out)["n_eval_models"] == 1
+
+
 def test_flat_arch_equals_an_explicit_definition_of_the_same_network(medmnist_dir: Path, tmp_path: Path) -> None:
     """``--arch convnet`` (the flat shortcut, as before the components existed) and a ``network_def`` naming the
     registry's ConvNet with the preset's settings give the same synthetic set and the same test numbers (CPU, same
