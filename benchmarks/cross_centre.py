@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="further wsi_synthetic_bags arguments")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--patch_arch", default="resnetap10")
-    p.add_argument("--source_epochs", type=int, default=20)
-    p.add_argument("--finetune_epochs", type=int, default=10)
+    p.add_argument("--source_epochs", type=int, default=10)
+    p.add_argument("--finetune_epochs", type=int, default=5, help="seed 003 Table 5: 5")
     p.add_argument("--mil_epochs", type=int, default=40)
     p.add_argument("--cohort_seed", type=int, default=0)
     p.add_argument("--minority_range", type=float, nargs=2, default=(0.05, 0.15),

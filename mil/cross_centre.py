@@ -181,7 +181,7 @@ class CrossCentreWorkflow:
         patch_arch: str = "resnetap10",
         patch_options: dict[str, Any] | None = None,
         source_epochs: int = 20,
-        finetune_epochs: int = 10,
+        finetune_epochs: int = 5,
         lr: float = 0.01,
         seed: int = 0,
         device: str | None = None,
