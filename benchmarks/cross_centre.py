@@ -20,6 +20,7 @@ Target (issue 15): the synthetic fine-tune reaches >= 90 % of the full fine-tune
 Usage (repo root)::
 
     OMP_NUM_THREADS=1 python benchmarks/cross_centre.py
+    python benchmarks/cross_centre.py --transfer_only --seeds 1 --results /tmp/seed1.md  # seeds side by side
     python benchmarks/cross_centre.py --n_slides 6 --size 512 384 --seeds 0 --out runs/cc_smoke \
         --results runs/cc_smoke/cross_centre.md   # smoke run
 """
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune_epochs", type=int, default=5, help="seed 003 Table 5: 5")
     p.add_argument("--mil_epochs", type=int, default=40)
     p.add_argument("--cohort_seed", type=int, default=0)
+    p.add_argument("--transfer_only", action="store_true",
+                   help="skip cohort, bags and distillation (made by an earlier run) and run the transfer seeds")
     p.add_argument("--minority_range", type=float, nargs=2, default=(0.05, 0.15),
                    help="share of a positive slide's tissue from the other source")
     args = p.parse_args(argv)
@@ -167,15 +170,18 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     start = time.perf_counter()
     root = centres(out, args.n_slides, tuple(args.size), args.cohort_seed, tuple(args.minority_range))
-    real = {c: bench_mil.real_bags(out / c, root / c / "cohort.csv", args.patch_size, args.level, None)
-            for c in ("centre_a", "centre_b")}
-    t0 = time.perf_counter()
-    syn = bench_mil.make_synthetic(out / "centre_b", [args.ipc], [
-        "--annotations", str(root / "centre_b" / "annotations"), *shlex.split(args.synthetic_args)])
-    syn_dir = next(iter(syn.values()))
+    if args.transfer_only:  # steps 1-3 finished earlier: several seeds can then run side by side
+        real = {c: {s: out / c / "real_bags" / s for s in ("train", "test")} for c in ("centre_a", "centre_b")}
+        syn_dir = out / "centre_b" / f"synthetic_ipc{args.ipc}"
+    else:
+        real = {c: bench_mil.real_bags(out / c, root / c / "cohort.csv", args.patch_size, args.level, None)
+                for c in ("centre_a", "centre_b")}
+        syn = bench_mil.make_synthetic(out / "centre_b", [args.ipc], [
+            "--annotations", str(root / "centre_b" / "annotations"), *shlex.split(args.synthetic_args)])
+        syn_dir = next(iter(syn.values()))
     manifest = pd.read_csv(syn_dir / "manifest.csv")
-    synthetic_seconds = (f"{manifest.seconds.mean():.0f} s per slide, {len(manifest)} slides; this invocation "
-                         f"{time.perf_counter() - t0:.0f} s")
+    synthetic_seconds = (f"{manifest.seconds.mean():.0f} ± {manifest.seconds.std():.0f} s per slide, "
+                         f"{len(manifest)} slides")
     results = []
     for seed in args.seeds:
         wf = CrossCentreWorkflow(
