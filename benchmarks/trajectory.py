@@ -180,7 +180,7 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", *targets(t, datasets, ipcs, Path(args.dataset_dir)), *kept_notes(path)]
     write_md(path, lines)
-    for d in datasets:
+    for d in (d for d in datasets if any(run_d == d for run_d, *_ in t.runs)):  # no figure without a cell
         series = {m: (ipcs, [100 * t.agg(d, m, i)[RANK] if t.agg(d, m, i) else float("nan") for i in ipcs])
                   for m in rows[:-1]}
         line_plot(series, path.with_name(f"{path.stem}_{d}.png"), title=f"{d}: balanced accuracy (mean over seeds)",
