@@ -607,7 +607,8 @@ class SyntheticBagsWorkflow:
         start = [int(i) for i in bag.meta.get("init_indices") or []]
         gen = torch.Generator().manual_seed(slide_seed(self.seed, bag.slide_id))
         others = [int(i) for i in torch.randperm(len(real_bag), generator=gen) if int(i) not in set(start)]
-        rows = [(f"synthetic, label {bag.label}", bag.patches)]
+        # pixels(): display units whatever the storage (uint8 bags hold 0..255), then the cohort's normalisation
+        rows = [(f"synthetic, label {bag.label}", self._normalise(bag.pixels(), cohort))]
         if start:
             rows.append(("real start", self._normalise(real_bag.patches[start].float() / 255.0, cohort)))
         if others and self.png_real > 0:

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mil.bags import BagDirectory
+from mil.bags import BagDirectory, load_bag
 from mil.cross_centre import PatchSet, transfer_summary
 from mil.real_bags import make_real_bags
 from mil.synthetic_bags import SyntheticBagsWorkflow
 from mil.train import MILTrainer
+from monai_distill.data import SyntheticSet
 from tests.bundles.helpers import run_bundle
 from wsi.cohort import DEFAULT_CENTRES, build_centres, load_pools
 from wsi.workflows import TilingWorkflow
@@ -37,7 +38,7 @@ def centres(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path
             make_real_bags(root / centre / "tiling", root / centre / "real_bags" / split, split=split, progress=False)
     SyntheticBagsWorkflow(root / "centre_b" / "tiling", root / "centre_b" / "synthetic", ipc=2, split="train",
                           annotations=root / "cohorts" / "centre_b" / "annotations", progress=False,
-                          preset_overrides={"width": 8}, pool_patches=16,
+                          preset_overrides={"width": 8}, pool_patches=16, storage="uint8",
                           method_options={"iterations": 1, "outer_loop": 2, "pool_size": 1, "pool_epochs": 1}).run()
     return root
 
@@ -123,3 +124,20 @@ def test_transfer_summary_ratios() -> None:
             {"level": "slide", "arm": "full", "auc": 0.95, "megabytes": 20.0, "finetune_seconds": 40.0}]
     s = transfer_summary(rows)["slide"]
     assert s["gain_ratio"] == pytest.approx(0.3 / 0.35) and s["bytes_ratio"] == 0.05 and s["time_ratio"] == 0.025
+
+
+def test_png_of_uint8_bags_shows_the_synthetic_patches(centres: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bag stored as uint8 (0..255) is drawn in the cohort's units like the real rows, not as blank white."""
+    out = centres / "centre_b" / "synthetic"
+    bag = load_bag(next((out / "bags").glob("*.pt")))
+    assert bag.patches.dtype == torch.uint8
+    cohort = json.loads((out / "cohort.json").read_text())
+    drawn: list[SyntheticSet] = []
+    monkeypatch.setattr(SyntheticSet, "to_png", lambda self, path, **kw: drawn.append(self))
+    wf = SyntheticBagsWorkflow(centres / "centre_b" / "tiling", tmp_path, ipc=2, progress=False)
+    wf._png(bag, BagDirectory(centres / "centre_b" / "real_bags" / "train")[0], cohort)
+    mean = torch.tensor(cohort["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(cohort["std"]).view(1, -1, 1, 1)
+    shown = drawn[0].images[: len(bag)] * std + mean  # back to display units
+    torch.testing.assert_close(shown, bag.pixels(), atol=1e-5, rtol=0)
