@@ -119,11 +119,15 @@ def test_fine_tuning_needs_a_matching_checkpoint(centres: Path, tmp_path: Path) 
 
 
 def test_transfer_summary_ratios() -> None:
-    rows = [{"level": "slide", "arm": "none", "auc": 0.6, "megabytes": float("nan"), "finetune_seconds": 0.0},
-            {"level": "slide", "arm": "synthetic", "auc": 0.9, "megabytes": 1.0, "finetune_seconds": 1.0},
-            {"level": "slide", "arm": "full", "auc": 0.95, "megabytes": 20.0, "finetune_seconds": 40.0}]
+    rows = [{"level": "slide", "arm": "none", "auc": 0.6, "balanced_acc": 0.5, "megabytes": float("nan"),
+             "finetune_seconds": 0.0},
+            {"level": "slide", "arm": "synthetic", "auc": 0.9, "balanced_acc": 0.8, "megabytes": 1.0,
+             "finetune_seconds": 1.0},
+            {"level": "slide", "arm": "full", "auc": 0.95, "balanced_acc": 0.9, "megabytes": 20.0,
+             "finetune_seconds": 40.0}]
     s = transfer_summary(rows)["slide"]
     assert s["gain_ratio"] == pytest.approx(0.3 / 0.35) and s["bytes_ratio"] == 0.05 and s["time_ratio"] == 0.025
+    assert s["full_gain_balanced_acc"] == pytest.approx(0.4) and s["synthetic_gain_balanced_acc"] == pytest.approx(0.3)
 
 
 def test_png_of_uint8_bags_shows_the_synthetic_patches(centres: Path, tmp_path: Path,
