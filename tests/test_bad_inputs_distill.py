@@ -452,12 +452,12 @@ def test_two_runs_on_one_output_dir(tmp_path: Path, medmnist_dir: Path, shared_d
 # ---------------------------------------------------------------------------------------------------------------------
 def test_failure_after_saving_moves_artefacts_aside(tmp_path: Path, medmnist_dir: Path, shared_data: Path,
                                                     breast: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    import monai_distill.workflows as wf
+    from monai_distill.evaluation import EvaluationProtocol
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("evaluation crashed")
 
-    monkeypatch.setattr(wf, "evaluate_synthetic", broken)
+    monkeypatch.setattr(EvaluationProtocol, "evaluate_set", broken)
     ctx = _ctx(tmp_path, medmnist_dir, shared_data, breast)
     last = _run_in_process(TRAIN_2D, **ctx.train2d())
     assert last == f"{PREFIX}RuntimeError: evaluation crashed (traceback in {ctx.out / 'error.log'})"
