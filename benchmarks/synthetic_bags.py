@@ -25,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mil.bags import compact_bags, load_bag
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,6 +53,7 @@ def main() -> None:
     p.add_argument("--n_slides", type=int, default=40)
     p.add_argument("--ipcs", type=int, nargs="+", default=[10, 50])
     p.add_argument("--synthetic_args", default="--preset quick", help="extra arguments of the bundle, one string")
+    p.add_argument("--note", default="", help="a paragraph written under the table (how to read this run)")
     args = p.parse_args()
     start = time.perf_counter()
     out = Path(args.out)
@@ -64,10 +67,14 @@ def main() -> None:
         m = pd.read_csv(d / "manifest.csv")
         done = m[m.status == "done"]
         bags = sorted((d / "bags").glob("*.pt"))
+        # the same bags stored as uint8 in display space (Bag.compact): what `--storage uint8` would have written
+        compact = sorted((compact_bags(d, out / f"synthetic_ipc{ipc}_uint8") / "bags").glob("*.pt"))
+        dtype = str(load_bag(bags[0]).patches.dtype).removeprefix("torch.")
         rows.append(
             f"| {ipc} | {len(done)} / {len(m)} | {done.n_patches.mean():.0f} | {done.n_synthetic.mean():.1f} | "
             f"{done.seconds.mean():.1f} ± {done.seconds.std():.1f} | {done.seconds.sum() / 60:.1f} | "
-            f"{_mb(bags):.2f} | {_mb(real):.2f} | {_mb(real) / max(_mb(bags), 1e-9):.1f}× | "
+            f"{_mb(bags):.2f} ({dtype}) | {_mb(real):.2f} | {_mb(real) / max(_mb(bags), 1e-9):.1f}× | "
+            f"{_mb(compact):.2f} | {_mb(real) / max(_mb(compact), 1e-9):.1f}× | "
             f"{done.n_patches.sum() / max(done.n_synthetic.sum(), 1):.1f}× |"
         )
     first = out / f"synthetic_ipc{args.ipcs[0]}" / "png"
@@ -90,18 +97,21 @@ def main() -> None:
         f"`{args.synthetic_args}` (Histo-DD, ResNetAP-10, stain normalisation, model augmentation, DSA). "
         "Seconds per slide are the slide's own distillation (reading its patches included); the cohort's shared "
         "stain template and model pool are fitted once before. Storage: bag files on disk (real bags hold uint8 "
-        "patches, synthetic bags float32).",
+        "patches; synthetic bags as written by the bundle, and the same bags stored as uint8 in display space, "
+        "`mil.bags.compact_bags`, what `--storage uint8` writes).",
         "",
         "| ipc | slides done | real patches / slide | synthetic / slide | s / slide | total min | synthetic MB | "
-        "real MB | storage ratio | patch ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "real MB | storage ratio | uint8 synthetic MB | uint8 storage ratio | patch ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
     if png is not None:
         lines += [f"![bag of {png.stem}](synthetic_bags_{png.stem}.png)", "",
-                  f"Top row: the synthetic bag of `{png.stem}` (ipc {args.ipcs[0]}); bottom row: real patches of the "
-                  "same slide.", ""]
+                  f"Rows, top to bottom: the synthetic bag of `{png.stem}` (ipc {args.ipcs[0]}), the real patches it "
+                  "started from, other real patches of the same slide.", ""]
+    if args.note:
+        lines += [args.note, ""]
     results.write_text("\n".join(lines))
     print(results.read_text())
 

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from monai_distill.checks import OptionError, option_choice, option_dict, option_float, option_int
+from monai_distill.checks import OptionError, option_bool, option_choice, option_dict, option_float, option_int
 from monai_distill.evaluation import classification_metrics, predict, train_network
 from monai_distill.networks import NETWORKS, get_network
 from monai_distill.presets import get_preset
@@ -226,7 +226,7 @@ class CrossCentreWorkflow:
             raise OptionError(f"--device must be cpu, cuda or cuda:N on a machine that has it; got {device!r} "
                               f"({e}).") from e
         self.num_threads = option_int(num_threads, "num_threads", minimum=0, allow_none=True) or None
-        self.progress = bool(progress)
+        self.progress = option_bool(progress, "progress")
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -320,24 +320,25 @@ class CrossCentreWorkflow:
                   "feature_cache": str(self.output_dir / "features"), "n_heatmaps": 0, **self.mil_options}
         source_dir = self.output_dir / "slide" / "none"
         checkpoint = source_dir / "model.pt"
-        runs = {"none": {"train_bags": str(self.bag_dirs["source_bags"].root), **common},
-                "synthetic": {"train_bags": str(self.bag_dirs["target_synthetic_bags"].root),
-                              "init_checkpoint": str(checkpoint), **common},
-                "full": {"train_bags": str(self.bag_dirs["target_bags"].root), "init_checkpoint": str(checkpoint),
-                         **common}}
+        # each arm's training bags, opened once in __init__ (a rerun reads the manifest again, not the bags)
+        train_dirs = {"none": self.bag_dirs["source_bags"], "synthetic": self.bag_dirs["target_synthetic_bags"],
+                      "full": self.bag_dirs["target_bags"]}
         rows = []
-        for arm, settings in runs.items():
+        for arm, train in train_dirs.items():
+            settings = {"train_bags": str(train.root), **common}
+            if arm != "none":
+                settings["init_checkpoint"] = str(checkpoint)
             # the source model trained from scratch is the no-fine-tuning arm: tested on the target's slides as it is
-            fingerprint = {**settings, "bags": [str(e.path) for e in BagDirectory(settings["train_bags"]).entries]}
+            fingerprint = {**settings, "bags": [str(e.path) for e in train.entries]}
             if arm != "none":
                 fingerprint["source"] = rows[0]["fingerprint"]
-            rows += self._cached(f"slide/{arm}", fingerprint, lambda a=arm, s=settings, f=fingerprint: [
-                self._slide_run(a, s, f)])
+            rows += self._cached(f"slide/{arm}", fingerprint, lambda a=arm, s=settings, t=train, f=fingerprint: [
+                self._slide_run(a, s, t, f)])
         return rows
 
-    def _slide_run(self, arm: str, settings: dict[str, Any], fingerprint: dict[str, Any]) -> dict[str, Any]:
+    def _slide_run(self, arm: str, settings: dict[str, Any], train: BagDirectory,
+                   fingerprint: dict[str, Any]) -> dict[str, Any]:
         m = MILTrainWorkflow(output_dir=self.output_dir / "slide" / arm, **settings).run()
-        train = BagDirectory(settings["train_bags"])
         tuned = arm != "none"
         return {"level": "slide", "arm": arm, "auc": m["auc"], "balanced_acc": m["balanced_acc"], "acc": m["acc"],
                 "finetune_seconds": round(m["epochs"] * m["seconds_per_epoch"], 3) if tuned else 0.0,

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from mil.bags import BagDirectory, load_bag
-from mil.cross_centre import PatchSet, transfer_summary
+from mil.cross_centre import CrossCentreWorkflow, PatchSet, transfer_summary
 from mil.real_bags import make_real_bags
 from mil.synthetic_bags import SyntheticBagsWorkflow
 from mil.train import MILTrainer
+from monai_distill.checks import OptionError
 from monai_distill.data import SyntheticSet
 from tests.bundles.helpers import run_bundle
 from wsi.cohort import DEFAULT_CENTRES, build_centres, load_pools
@@ -116,6 +117,10 @@ def test_fine_tuning_needs_a_matching_checkpoint(centres: Path, tmp_path: Path) 
         trainer.init_from(bad)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         trainer.init_from(tmp_path / "missing.pt")
+    bags = {k: centres / "centre_b" / "real_bags" / "train" for k in ("source_bags", "target_bags",
+                                                                       "target_synthetic_bags", "test_bags")}
+    with pytest.raises(OptionError, match="--progress must be a boolean"):  # "maybe" is not read as True
+        CrossCentreWorkflow(output_dir=tmp_path / "x", levels="slide", progress="maybe", **bags)
 
 
 def test_transfer_summary_ratios() -> None:
