@@ -30,7 +30,7 @@ from torch import nn
 
 from monai_distill.checks import OptionError
 from monai_distill.components import build_component, component_spec, component_target, factory_from_spec
-from monai_distill.evaluation import classification_metrics
+from monai_distill.evaluation import OptimizerDefinition, classification_metrics, protocol_optimizer
 from monai_distill.progress import progress_bar
 from monai_distill.utils import atomic_path, atomic_torch_save, resolve_device, seed_everything, to_bool
 
@@ -308,6 +308,9 @@ class MILTrainer:
         num_classes: number of slide classes.
         head_options: head hyper-parameters (see each head class).
         config: training settings; keyword ``overrides`` replace its fields.
+        optimizer_def: the optimiser without its params (the bundle's ``optimizer_def``: a ``torch.optim`` class or
+            ``functools.partial``), given ``lr`` from ``config`` unless it sets its own; ``None``: Adam with the
+            config's ``lr`` and ``weight_decay`` (CLAM's and TransMIL's optimiser).
     """
 
     def __init__(
@@ -317,9 +320,11 @@ class MILTrainer:
         num_classes: int,
         head_options: dict[str, Any] | None = None,
         config: TrainConfig | None = None,
+        optimizer_def: OptimizerDefinition | None = None,
         **overrides: Any,
     ) -> None:
         base = asdict(config) if config is not None else {}
+        self.optimizer_def = optimizer_def
         self.config = TrainConfig(**{**base, **overrides})
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.head_options = dict(head_options or {})
@@ -367,7 +372,7 @@ class MILTrainer:
         with torch_threads(cfg.num_threads):
             if cfg.standardize and self.pretrained is None:
                 self.model.fit_standardization(train)
-            optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            optimizer = self._optimizer()
             scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
             order_rng = torch.Generator().manual_seed(cfg.seed)
             history: list[dict[str, float]] = []
@@ -402,6 +407,11 @@ class MILTrainer:
         seconds = float(np.mean([h["train_seconds"] for h in history]))
         logger.info("%s: %d epoch(s), kept epoch %d, %.3f s/epoch", self.model_name, len(history), best_epoch, seconds)
         return TrainResult(history, best_epoch, len(history), seconds, stopped)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer_def is None:
+            return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return protocol_optimizer(self.optimizer_def, self.config.lr, self.model)
 
     def _train_epoch(
         self, train: Sequence[Bag], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -30,12 +30,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import Subset
 
 from monai_distill.checks import OptionError, option_bool, option_choice, option_dict, option_float, option_int
 from monai_distill.components import (
     RegistryNetwork,
     as_factory,
+    check_optimizer,
     component_label,
     component_spec,
     component_target,
@@ -488,6 +490,9 @@ class MILTrainWorkflow(_MILWorkflowBase):
             :class:`~monai_distill.components.RegistryNetwork` (the bundle default) means ``encoder``.
         init_checkpoint: a ``model.pt`` of this workflow to fine-tune instead of training from scratch (seed 003
             Table 5, cross-centre transfer): same head, classes and encoder; its feature standardisation is kept.
+        optimizer_def: the head's optimiser without its params (config entry ``optimizer_def``, e.g.
+            ``torch.optim.AdamW`` as ``"_mode_": "callable"``), given ``lr`` unless it sets its own; ``None``: Adam
+            with ``lr`` and ``weight_decay``. Recorded in ``metrics.json`` as ``optimizer``.
         **kwargs: options of the held-out side and features (see :class:`_MILWorkflowBase`: ``feature_cache``,
             ``device``, ``amp``, ``num_threads``, ``seed``, ``test_split``, ``max_test_patches``, tiling options,
             ``n_heatmaps``, ``progress``).
@@ -518,9 +523,13 @@ class MILTrainWorkflow(_MILWorkflowBase):
         head_def: Any = None,
         encoder_def: Any = None,
         init_checkpoint: str | os.PathLike | None = None,
+        optimizer_def: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(test_slides, output_dir, **kwargs)
+        self.optimizer_def = as_factory(optimizer_def, "optimizer_def")
+        if self.optimizer_def is not None:  # an optimiser that cannot be built fails now, not after the features
+            check_optimizer(self.optimizer_def, "optimizer_def")
         self.train_bags = Path(train_bags)
         self.init_checkpoint = Path(init_checkpoint) if init_checkpoint else None
         if self.init_checkpoint is not None and not self.init_checkpoint.is_file():
@@ -619,7 +628,7 @@ class MILTrainWorkflow(_MILWorkflowBase):
         train_f, val_f = stratified_split(feats["train"], self.val_fraction, self.seed)
         in_features = feats["train"][0].features.shape[1]  # type: ignore[union-attr]
         trainer = MILTrainer(self.head_def or self.model, in_features, num_classes, self.head_options,
-                             self.train_config)
+                             self.train_config, optimizer_def=self.optimizer_def)
         if self.init_checkpoint is not None:
             self._init_from(trainer, extractor.key)
         result = trainer.fit(train_f, val_f)
@@ -638,6 +647,7 @@ class MILTrainWorkflow(_MILWorkflowBase):
             "device": str(trainer.device),
             "amp": trainer.amp,
             "max_epochs": self.train_config.epochs,
+            "optimizer": component_target(self.optimizer_def or torch.optim.Adam),
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
             "val_auc": max((h.get("val_auc", float("nan")) for h in result.history), default=float("nan")),

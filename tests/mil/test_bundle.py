@@ -213,9 +213,26 @@ def test_registry_head_by_target(train_bag_dir: Path, mil_tiling: Path, feature_
     assert torch.load(res / "model.pt", weights_only=True)["head_def"]["hidden_dim"] == 32
 
 
+def test_optimizer_by_target(train_bag_dir: Path, mil_tiling: Path, feature_cache: Path, tmp_path: Path) -> None:
+    """``--optimizer_def#_target_ torch.optim.AdamW`` trains the head with AdamW (lr from ``--lr``, the default's
+    weight decay) and records it; the default is recorded as Adam."""
+    runs = {}
+    for name, extra in (("adam", {}), ("adamw", {"optimizer_def#_target_": "torch.optim.AdamW"})):
+        runs[name] = tmp_path / name
+        run_bundle(TRAIN, train_bags=train_bag_dir, test_slides=mil_tiling, test_split="test", output_dir=runs[name],
+                   feature_cache=feature_cache, model="abmil", lr=1e-3, **extra, **FAST)
+    adam, adamw = (json.loads((runs[n] / "metrics.json").read_text()) for n in ("adam", "adamw"))
+    assert adam["optimizer"] == "torch.optim.adam.Adam" and adamw["optimizer"] == "torch.optim.adamw.AdamW"
+    assert 0 <= adamw["auc"] <= 1
+    weights = [torch.load(runs[n] / "model.pt", weights_only=True)["state_dict"] for n in ("adam", "adamw")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # another optimiser, other weights
+
+
 @pytest.mark.parametrize(
     ("overrides", "culprit"),
     [
+        ({"optimizer_def": {"_target_": "torch.nn.Linear", "_mode_": "callable"}},
+         ("--optimizer_def torch.nn.modules.linear.Linear", "cannot build an optimiser")),
         ({"head_def": {"_target_": "mil.heads.ABMIL", "_mode_": "callable", "num_classes": 3}},
          ("--head_def mil.heads.baselines.ABMIL", "logits of shape (1, 3)", "(1, 2)")),
         ({"head_def": {"_target_": "torch.nn.Identity", "_mode_": "callable"}},
@@ -223,7 +240,7 @@ def test_registry_head_by_target(train_bag_dir: Path, mil_tiling: Path, feature_
         ({"head_def": {"_target_": "mil.heads.ABMIL", "_mode_": "callable"}, "head_options": {"hidden_dim": 8}},
          ("--head_options", "--head_def#hidden_dim")),
     ],
-    ids=["wrong-class-count", "not-a-head", "head-options-with-a-definition"],
+    ids=["not-an-optimizer", "wrong-class-count", "not-a-head", "head-options-with-a-definition"],
 )
 def test_bad_head_definition_ends_with_one_line(overrides: dict, culprit: tuple[str, ...], tmp_path: Path) -> None:
     from monai.bundle import run

@@ -46,6 +46,23 @@ def test_early_stopping_keeps_the_best_epoch(feature_bags: list[Bag]) -> None:
     torch.testing.assert_close(trainer.predict(feature_bags).probs, one_epoch.predict(feature_bags).probs)
 
 
+def test_optimizer_definition(feature_bags: list[Bag]) -> None:
+    """The bundle's default ``optimizer_def`` (Adam with the weight decay, lr filled in) trains exactly as the built-in
+    Adam; another optimiser trains to other weights."""
+    import functools
+
+    plain = _trainer(epochs=2, seed=0, weight_decay=1e-5)
+    plain.fit(feature_bags)
+    adam = _trainer(epochs=2, seed=0, weight_decay=1e-5,
+                    optimizer_def=functools.partial(torch.optim.Adam, weight_decay=1e-5))
+    adam.fit(feature_bags)
+    torch.testing.assert_close(adam.predict(feature_bags).probs, plain.predict(feature_bags).probs, rtol=0, atol=0)
+    sgd = _trainer(epochs=2, seed=0, optimizer_def=functools.partial(torch.optim.SGD, momentum=0.9))
+    assert isinstance(sgd._optimizer(), torch.optim.SGD) and sgd._optimizer().defaults["lr"] == sgd.config.lr
+    sgd.fit(feature_bags)
+    assert not torch.equal(sgd.predict(feature_bags).probs, plain.predict(feature_bags).probs)
+
+
 def test_checkpoint_round_trip(tmp_path: Path, feature_bags: list[Bag]) -> None:
     trainer = _trainer("clam_mb", epochs=2, head_options={"hidden_dim": 64, "k_sample": 2})
     trainer.fit(feature_bags)
