@@ -46,11 +46,12 @@ from monai_distill.components import (
 from monai_distill.networks import NETWORKS
 from monai_distill.runs import guarded_run, refuse_multiprocess_without_config
 from monai_distill.utils import atomic_path, atomic_write_json, check_output_dir, resolve_device
+from wsi.components import tiling_components
 from wsi.datasets import load_grids
 from wsi.distributed import barrier, dist_context, shard
 from wsi.reader import BACKENDS
 from wsi.slides import check_slide_files, list_slides
-from wsi.workflows import TilingWorkflow
+from wsi.workflows import TilingWorkflow, tiling_config
 
 from .bags import Bag, BagDirectory, BagError
 from .features import EncoderConfig, FeatureExtractor
@@ -301,6 +302,8 @@ class _MILWorkflowBase:
         label_map: dict[str, int] | None = None,
         n_heatmaps: int = 4,
         progress: bool = True,
+        reader_def: Any = None,
+        masker_def: Any = None,
     ) -> None:
         # Every option is checked here, before any bag or slide is read (messages name the option).
         self.test_slides = test_slides
@@ -327,6 +330,10 @@ class _MILWorkflowBase:
             raise OptionError(f"--level and --mpp: give one of them, found level {self.level} and mpp {self.mpp:g}.")
         self.tissue_threshold: float = option_float(tissue_threshold, "tissue_threshold", 0.0, 1.0)  # type: ignore[assignment]
         self.backend: str = option_choice(backend, "backend", BACKENDS)  # type: ignore[assignment]
+        # The slide reader and tissue masker of held-out slides (the wsi_tiling bundle's entries): a definition that
+        # cannot be imported or built fails now, not after training.
+        self.tiling_defs = {k: v for k, v in (("reader_def", reader_def), ("masker_def", masker_def)) if v is not None}
+        tiling_components(tiling_config(backend=self.backend), self.output_dir, **self.tiling_defs)
         self.label_map = option_label_map(label_map)
         self.n_heatmaps: int = option_int(n_heatmaps, "n_heatmaps", minimum=0)  # type: ignore[assignment]
         self.progress = option_bool(progress, "progress")
@@ -339,7 +346,7 @@ class _MILWorkflowBase:
             level = reference.get("level")
             mpp = reference.get("mpp") if level is None else None
         return {"patch_size": self.patch_size or reference.get("patch_size") or 256, "level": level, "mpp": mpp,
-                "tissue_threshold": self.tissue_threshold, "backend": self.backend}
+                "tissue_threshold": self.tissue_threshold, "backend": self.backend, **self.tiling_defs}
 
     def _test_bags(self, reference: dict[str, Any]) -> Sequence[Bag]:
         return real_test_bags(self.test_slides, self.test_bags_dir, self.test_split, self.max_test_patches, self.seed,
@@ -495,7 +502,8 @@ class MILTrainWorkflow(_MILWorkflowBase):
             with ``lr`` and ``weight_decay``. Recorded in ``metrics.json`` as ``optimizer``.
         **kwargs: options of the held-out side and features (see :class:`_MILWorkflowBase`: ``feature_cache``,
             ``device``, ``amp``, ``num_threads``, ``seed``, ``test_split``, ``max_test_patches``, tiling options,
-            ``n_heatmaps``, ``progress``).
+            ``n_heatmaps``, ``progress``, and ``reader_def``/``masker_def``: the slide reader and tissue masker that
+            tile held-out slides, as in the ``wsi_tiling`` bundle).
     """
 
     def __init__(

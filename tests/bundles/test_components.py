@@ -389,7 +389,7 @@ _WSI_DEFS = ("reader_def", "masker_def", "grid_def", "writer_def")
 @pytest.mark.parametrize(("bundle", "definitions"), [
     ("medmnist2d_distillation", _MEDMNIST_DEFS), ("organmnist3d_distillation", _MEDMNIST_DEFS),
     ("histodd_patches", (*_DISTILL_DEFS, "method_def", "writer_def")),
-    ("mil_slide_classification", ("head_def", "encoder_def", "optimizer_def")),
+    ("mil_slide_classification", ("head_def", "encoder_def", "optimizer_def", "reader_def", "masker_def")),
     ("wsi_tiling", _WSI_DEFS), ("wsi_synthetic_bags", _WSI_DEFS),
 ])
 def test_every_component_entry_is_documented(bundle: str, definitions: tuple[str, ...]) -> None:

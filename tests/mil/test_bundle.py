@@ -213,6 +213,24 @@ def test_registry_head_by_target(train_bag_dir: Path, mil_tiling: Path, feature_
     assert torch.load(res / "model.pt", weights_only=True)["head_def"]["hidden_dim"] == 32
 
 
+def test_user_masker_tiles_the_held_out_slides(contract_runs: dict[str, Path], train_bag_dir: Path, mil_cohort,
+                                               feature_cache: Path, tmp_path: Path) -> None:
+    """``--masker_def#_target_`` (the wsi_tiling bundle's entry) tiles held-out slides given as a CSV: a masker of
+    the user's that keeps the whole slide gives every grid patch, more than the default tissue mask keeps."""
+    cohort_root, _ = mil_cohort
+    (tmp_path / "mymask.py").write_text("import numpy as np\n\n\ndef everything(image):\n"
+                                        "    return np.ones(image.shape[:2], dtype=bool)\n")
+    res = tmp_path / "all_patches"
+    _run_in(tmp_path, TRAIN, train_bags=train_bag_dir, test_slides=cohort_root / "cohort.csv", test_split="test",
+            model="clam_sb", output_dir=res, feature_cache=feature_cache,
+            **{"masker_def#_target_": "mymask.everything"}, **FAST)
+    default = json.loads((contract_runs["clam_sb"] / "metrics.json").read_text())
+    everything = json.loads((res / "metrics.json").read_text())
+    assert everything["mean_test_bag_size"] > default["mean_test_bag_size"]
+    tiling = json.loads((res / "test_bags" / "tiling" / "tiling_config.json").read_text())
+    assert tiling["config"]["components"]["masker_def"] == {"_target_": "mymask.everything"}
+
+
 def test_optimizer_by_target(train_bag_dir: Path, mil_tiling: Path, feature_cache: Path, tmp_path: Path) -> None:
     """``--optimizer_def#_target_ torch.optim.AdamW`` trains the head with AdamW (lr from ``--lr``, the default's
     weight decay) and records it; the default is recorded as Adam."""
@@ -233,6 +251,8 @@ def test_optimizer_by_target(train_bag_dir: Path, mil_tiling: Path, feature_cach
     [
         ({"optimizer_def": {"_target_": "torch.nn.Linear", "_mode_": "callable"}},
          ("--optimizer_def torch.nn.modules.linear.Linear", "cannot build an optimiser")),
+        ({"reader_def": {"_target_": "wsi.reader.Slide", "_mode_": "callable", "backend": "bogus"}},
+         ("reader_def#backend", "bogus")),
         ({"head_def": {"_target_": "mil.heads.ABMIL", "_mode_": "callable", "num_classes": 3}},
          ("--head_def mil.heads.baselines.ABMIL", "logits of shape (1, 3)", "(1, 2)")),
         ({"head_def": {"_target_": "torch.nn.Identity", "_mode_": "callable"}},
@@ -240,7 +260,7 @@ def test_optimizer_by_target(train_bag_dir: Path, mil_tiling: Path, feature_cach
         ({"head_def": {"_target_": "mil.heads.ABMIL", "_mode_": "callable"}, "head_options": {"hidden_dim": 8}},
          ("--head_options", "--head_def#hidden_dim")),
     ],
-    ids=["not-an-optimizer", "wrong-class-count", "not-a-head", "head-options-with-a-definition"],
+    ids=["not-an-optimizer", "bad-reader", "wrong-class-count", "not-a-head", "head-options-with-a-definition"],
 )
 def test_bad_head_definition_ends_with_one_line(overrides: dict, culprit: tuple[str, ...], tmp_path: Path) -> None:
     from monai.bundle import run
