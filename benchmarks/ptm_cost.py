@@ -52,6 +52,20 @@ def _kept(m: dict) -> dict:
     return kept
 
 
+def _resolution_note(results: dict, target: float, eval_every: int) -> list[str]:
+    """A caveat when methods reach ``target`` at their first evaluation after the start: the evaluation grid then
+    bounds their times from above, and the ratio of two such times is only the ratio of their per-iteration costs."""
+    early = [m for m, r in results.items()
+             if len(r["eval_history"]) > 1 and first_time_at(r["eval_history"], target) == r["eval_history"][1][
+                 "distill_seconds"]]
+    if not early:
+        return []
+    return [f"- Resolution: {', '.join(f'`{m}`' for m in early)} reached the target at the first evaluation after "
+            f"the start (iteration {eval_every}), so each reached it somewhere within its first {eval_every} "
+            "iterations; their times are upper bounds, and a ratio between two of them is the ratio of their "
+            "seconds per iteration, not of their times to the target. A finer `--eval_every` resolves it."]
+
+
 def write_results(record: dict, out_md: Path) -> None:
     """``out_md`` and its PNG from a record (:func:`main` writes one beside ``out_md`` after the runs)."""
     cfg, herding, results = record["settings"], record["herding"], record["results"]
@@ -78,8 +92,9 @@ def write_results(record: dict, out_md: Path) -> None:
         f"seed {cfg['seed']}, {cfg['eval_models']} evaluation networks per point, evaluation every "
         f"{cfg['eval_every']} iterations, same flat expert buffer and iteration budget for the three methods, device "
         f"`{cfg['device']}`, machine: {cfg['machine']}. Command: `python benchmarks/ptm_cost.py` (this table and "
-        f"figure: `--table_only`, from the record `{out_md.with_suffix('.json').name}`). Wall time of the runs "
-        f"{cfg['wall_minutes']:.1f} min. Seconds are distillation wall-clock (set-up included, evaluations "
+        f"figure: `--table_only`, from the record `{out_md.with_suffix('.json').name}`). Wall time of the call that "
+        f"wrote the record {cfg['wall_minutes']:.1f} min (runs finished before it are read back, an interrupted run "
+        "resumes). Seconds are distillation wall-clock (set-up included, evaluations "
         "excluded); peak memory is the run's process peak (RSS on CPU: it includes the data and the evaluation "
         "networks, identical for the three).",
         "",
@@ -101,6 +116,7 @@ def write_results(record: dict, out_md: Path) -> None:
         f"- PTM's peak memory at or below FTD's: {'**met**' if mem_ok else '**missed**'} "
         f"({ptm['peak_memory_mb']:.0f} vs "
         f"{ftd['peak_memory_mb']:.0f} MiB).",
+        *_resolution_note(results, target, cfg["eval_every"]),
         "",
         f"![accuracy over time]({out_md.stem}.png)",
     ]
