@@ -18,6 +18,8 @@ from monai.bundle import ConfigParser, verify_metadata
 
 from mil.bags import BagError
 from mil.workflows import MILTrainWorkflow
+from wsi.components import TissueMasker
+from wsi.reader import Slide
 
 from ..bundles.helpers import REPO_ROOT, bundle_cmd, run_bundle
 
@@ -101,7 +103,9 @@ def test_cli_keys_reach_the_workflow(tmp_path: Path) -> None:
         7, 1e-3, 0.0, None, 3, "cpu", False, 1)
     assert (wf.val_fraction, wf.test_split, wf.max_test_patches, wf.n_heatmaps) == (0.0, "test", 50, 0)
     assert wf._tiling_options({"patch_size": 32, "level": 1}) == {
-        "patch_size": 64, "level": None, "mpp": 1.0, "tissue_threshold": 0.5, "backend": "openslide"}
+        "patch_size": 64, "level": None, "mpp": 1.0, "tissue_threshold": 0.5, "backend": "openslide",
+        "reader_def": Slide, "masker_def": TissueMasker}  # the defaults, which tiling folds into its flat options
+    assert wf.optimizer_def.func is torch.optim.Adam and wf.optimizer_def.keywords == {"weight_decay": 0.0}
     evaluate = ConfigParser()
     evaluate.read_config(str(BUNDLE / "evaluate.json"))
     assert evaluate["workflow"]["_target_"] == "mil.workflows.MILEvaluateWorkflow"
