@@ -326,6 +326,27 @@ def test_flat_arch_equals_an_explicit_definition_of_the_same_network(medmnist_di
     assert "network_def" not in ma["config"] and "eval_optimizer_def" not in ma["config"]
 
 
+# Sums of the synthetic images that the code *before* the components (commit 0b308da^) wrote for these commands
+# (BreastMNIST ipc 2, seed 3, one torch thread, CPU); the current code wrote the same bytes (sha256 of the images
+# 23beb702d2f43261 for dm, 213ac092dcb7af3f for dc) when this test was added.
+_BEFORE_COMPONENTS = {"dm": (500.4850945393555, 2735.722508310806), "dc": (524.4548076943029, 2694.7670719542075)}
+
+
+@pytest.mark.parametrize("method", sorted(_BEFORE_COMPONENTS))
+def test_flat_shortcuts_give_the_set_of_the_code_before_the_components(method: str, medmnist_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """The flat flags (``--arch``, ``--eval_models``, ...) distil the same set as before the config components
+    existed: a method that trains its networks (dm: random embedding networks, dc: gradient matching)."""
+    out = tmp_path / method
+    run_bundle(TRAIN_2D, dataset="breastmnist", dataset_dir=medmnist_dir, method=method, ipc=2, seed=3, output_dir=out,
+               num_threads=1, card=False, method_options=f"{{'iterations': {5 if method == 'dm' else 2}}}", **TINY)
+    images = SyntheticSet.load(out / "synthetic.pt").images.double()
+    total, absolute = _BEFORE_COMPONENTS[method]
+    # a relative 1e-6: the same random stream and arithmetic; a changed stream moves these sums by whole units
+    assert float(images.sum()) == pytest.approx(total, rel=1e-6)
+    assert float(images.abs().sum()) == pytest.approx(absolute, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("overrides", "culprit"),
     [
