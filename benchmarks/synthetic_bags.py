@@ -25,8 +25,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mil.bags import compact_bags, load_bag
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +55,10 @@ def main() -> None:
     args = p.parse_args()
     start = time.perf_counter()
     out = Path(args.out)
-    _bench_mil().main(["--out", str(out), "--n_slides", str(args.n_slides), "--make_synthetic",
+    bench_mil = _bench_mil()  # it drops benchmarks/ from sys.path, so ``mil`` is the package, not benchmarks/mil.py
+    from mil.bags import compact_bags, load_bag
+
+    bench_mil.main(["--out", str(out), "--n_slides", str(args.n_slides), "--make_synthetic",
                        *map(str, args.ipcs), "--synthetic_args", args.synthetic_args, "--no_training"])
     real = sorted((out / "real_bags" / "train" / "bags").glob("*.pt"))
     real_manifest = pd.read_csv(out / "real_bags" / "train" / "manifest.csv")
