@@ -134,8 +134,12 @@ def run_one(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
 def summarise(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Mean/std over seeds per device x bags x head, and the ratios to the real-bag row of the same head."""
     df = pd.DataFrame(rows)
+    if "acc_at_0.5" not in df:  # runs from before validation thresholds: their accuracy is the 0.5 one
+        df["acc_at_0.5"] = np.nan
+    df["acc_at_0.5"] = df["acc_at_0.5"].fillna(df["acc"])
     g = df.groupby(["device", "bags", "head"], sort=False)
     s = g.agg(auc=("auc", "mean"), auc_std=("auc", "std"), acc=("acc", "mean"), acc_std=("acc", "std"),
+              acc05=("acc_at_0.5", "mean"), acc05_std=("acc_at_0.5", "std"),
               spe=("seconds_per_epoch", "mean"), epochs=("epochs", "mean"), bag=("mean_train_bag_size", "mean"),
               n=("seed", "count")).reset_index()
     real = s[s.bags == "real"].set_index(["device", "head"])
@@ -144,6 +148,17 @@ def summarise(rows: list[dict[str, Any]]) -> pd.DataFrame:
     s["speedup"] = [real.loc[(r.device, r.head), "spe"] / r.spe if (r.device, r.head) in real.index else np.nan
                     for r in s.itertuples()]
     return s
+
+
+def target_lines(s: pd.DataFrame) -> list[str]:
+    """One line per synthetic bag set and device: heads at >= 0.9x the real-bag AUC (the target), met or missed."""
+    lines = []
+    for (device, bags), g in s[s.bags != "real"].groupby(["device", "bags"], sort=False):
+        ok = [r.head for r in g.itertuples() if np.isfinite(r.auc_ratio) and r.auc_ratio >= 0.9]
+        low = ", ".join(f"{r.head} {r.auc_ratio:.2f}" for r in g.itertuples() if r.head not in ok)
+        verdict = "**met**" if len(ok) == len(g) else f"**missed** ({low})"
+        lines.append(f"- `{bags}` ({device}): AUC >= 0.9 x real for {len(ok)} / {len(g)} heads: {verdict}.")
+    return lines
 
 
 def _pm(mean: float, std: float) -> str:
@@ -167,21 +182,26 @@ def write_markdown(path: Path, s: pd.DataFrame, args: argparse.Namespace, pendin
         f"up to {args.epochs} epochs, early stopping on the validation AUC of 20 % of the training bags (patience "
         f"{args.patience}), seeds {args.seeds}; test = real bags of the held-out slides.",
         "",
-        "Targets (issue 7): synthetic-bag AUC ≥ 0.9 × real-bag AUC for each head; epochs on synthetic bags ≥ 2× faster "
+        "Targets (issues 7 and 15): synthetic-bag AUC ≥ 0.9 × real-bag AUC for each head (issue 15: on the hard "
+        "cohort of `mil_hard.md` without annotations, ipc 10, 3 seeds); epochs on synthetic bags ≥ 2× faster "
         "(seed 003 reports 1.1-1.7×). *AUC ratio* and *speed-up* compare with the real-bag row of the same head and "
         "device; seconds per epoch are training steps only (no validation), mean over seeds.",
         "",
-        "| device | bags | head | test AUC | test acc | s/epoch | epochs run | mean bag size | AUC / real | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "*test acc* uses each head's decision threshold on P(positive), chosen on its validation bags (Youden's J, "
+        "stored with the model); *acc at 0.5* is the most probable class.",
+        "",
+        "| device | bags | head | test AUC | test acc | acc at 0.5 | s/epoch | epochs run | mean bag size | AUC / real "
+        "| speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in s.itertuples():
         ratio = "—" if r.bags == "real" or not np.isfinite(r.auc_ratio) else f"{r.auc_ratio:.2f}"
         speed = "—" if r.bags == "real" or not np.isfinite(r.speedup) else f"{r.speedup:.1f}×"
         lines.append(f"| {r.device} | {r.bags} | {r.head} | {_pm(r.auc, r.auc_std)} | {_pm(r.acc, r.acc_std)} | "
-                     f"{r.spe:.4f} | {r.epochs:.1f} | {r.bag:.0f} | {ratio} | {speed} |")
+                     f"{_pm(r.acc05, r.acc05_std)} | {r.spe:.4f} | {r.epochs:.1f} | {r.bag:.0f} | {ratio} | {speed} |")
     for name in pending:
-        lines.append(f"| — | {name} | all | pending | pending | — | — | — | — | — |")
-    lines += [""]
+        lines.append(f"| — | {name} | all | pending | pending | pending | — | — | — | — | — |")
+    lines += ["", *target_lines(s), ""]
     if pending:
         lines += ["Pending rows: no synthetic bags were made in this run; rerun with `--make_synthetic 10 50` (or "
                   "`--synthetic NAME=DIR`).", ""]
