@@ -196,13 +196,21 @@ class TuneWorkflow:
         entry = preset.setdefault("methods", {}).setdefault(self.method, {})
         key = f"ipc{self.base.ipc}"
         entry[key] = deep_merge(entry.get(key, {}), best["override"])
+        # The search record goes beside the config (run folders are not kept with the code), named by its cell.
+        record = self.config_dir / "tune" / f"{stem}_{self.base.preset_name}_{self.method}_{key}.json"
+        trials = json.loads(record_path.read_text())
+        atomic_write_json({"dataset": stem, "preset": self.base.preset_name, "method": self.method,
+                           "ipc": self.base.ipc, "seed": self.base.seed, "selected_on": "val",
+                           "search_space": {k: [_jsonable(v) for v in vs] for k, vs in self.space.items()},
+                           "fixed_options": self.method_options, "budget_seconds": self.budget_s,
+                           "trials": trials}, record)
         preset.setdefault("tuned", {}).setdefault(self.method, {})[key] = {
             "selected_on": "val",
             "val_balanced_acc": best["val_balanced_acc"],
             "val_auc": best["val_auc"],
             "override": best["override"],
-            "n_trials": len(json.loads(record_path.read_text())),
-            "search_record": str(record_path.resolve()),
+            "n_trials": len(trials),
+            "search_record": record.relative_to(self.config_dir).as_posix(),
             "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__,
         }

@@ -71,6 +71,10 @@ def test_tune_on_val_writes_settings_and_record_and_never_opens_test(medmnist_di
     tuned = cfg["presets"]["quick"]["tuned"]["dm"]["ipc2"]
     assert tuned["selected_on"] == "val" and tuned["override"] == best["override"]
     assert tuned["val_balanced_acc"] == best["val_balanced_acc"] and tuned["n_trials"] == 3
+    # the search record is kept beside the config (relative path), not only in the run folder
+    kept = json.loads((configs / tuned["search_record"]).read_text())
+    assert tuned["search_record"] == "tune/breastmnist_quick_dm_ipc2.json" and kept["trials"] == record
+    assert kept["selected_on"] == "val" and kept["search_space"] == {"lr_img": [0.1, 10.0]}
     # the written settings are what the bundles now read for (breastmnist, dm, ipc 2)
     monkeypatch.setattr("monai_distill.presets.CONFIG_DIR", configs)
     assert method_settings("breastmnist", "dm", 2, "quick").get("lr_img") == best["override"].get("lr_img")
