@@ -79,6 +79,13 @@ def bag_lines(cards: dict) -> list[str]:
         lines.append(f"| {name} | {c['n_slides']} | {c['n_synthetic']} / {c['real_patches']} | {c['n_near_copies']} | "
                      f"{c['median_min_pixel_rms']:.3f} | {c['median_real_to_real_pixel_rms']:.3f} | "
                      f"{c['ssim_max']:.2f} |")
+    copies = [f"{name} ({c['n_near_copies']} of {c['n_synthetic']})" for name, c in rows.items()
+              if c["n_near_copies"] * 2 > c["n_synthetic"]]
+    if copies:  # said plainly: such bags are the slides' own patches, however they were made
+        lines += ["", "No more private than the real patches they replace (most synthetic patches are near-copies of "
+                  "a real patch of their slide, so sharing them shares patients' tissue): " + "; ".join(copies) + ". "
+                  "At the `quick` budget (10 Histo-DD iterations) the patches barely leave their real starting "
+                  "patches; a card of bags distilled for longer is needed before any such bags are shared."]
     return [*lines, ""]
 
 
