@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # this folder holds a mil.py that would shadow the package
     sys.path.insert(0, str(REPO))
 
+from trajectory_common import write_md  # noqa: E402
+
 from mil.synthetic_bags import SyntheticBagsWorkflow  # noqa: E402
-from monai_distill.utils import atomic_path  # noqa: E402
 
 # (label, file suffix, function name): the parts of one Histo-DD step, by the function that runs them.
 PARTS = (
@@ -115,9 +116,7 @@ def main() -> None:
         "arithmetic (fewer or smaller network steps, a narrower network), not less overhead.",
         "",
     ]
-    out = Path(args.out)
-    with atomic_path(out) as tmp:
-        tmp.write_text("\n".join(lines))
+    write_md(Path(args.out), lines)
     print("\n".join(lines))
 
 
