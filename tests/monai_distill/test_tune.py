@@ -62,8 +62,19 @@ def test_tune_on_val_writes_settings_and_record_and_never_opens_test(medmnist_di
     assert "test" not in opened and {"train", "val"} <= set(opened)
     assert len(result["trials"]) == 3 and result["trials"][0]["override"] == {}
     assert result["selected_on"] == "val"
+    # every trial records the settings it ran with (what configs/ said then, with its override on top)
+    assert [t["settings"]["lr_img"] for t in result["trials"][1:]] == [t["override"]["lr_img"]
+                                                                       for t in result["trials"][1:]]
+    # the best 2 single-seed trials and trial 0 are distilled again with 2 more seeds; the best mean wins
+    rescored = result["rescored"]
+    assert 0 in [r["trial"] for r in rescored] and len(rescored) in (2, 3)
+    for r in rescored:
+        assert r["val_seeds"] == 3 and len(r["val_balanced_acc_per_seed"]) == 3
+        assert r["val_balanced_acc"] == pytest.approx(sum(r["val_balanced_acc_per_seed"]) / 3)
+        assert (out / "trials" / f"{r['trial']:03d}_seed2" / "synthetic.pt").is_file()
     best = result["best"]
-    assert best["val_balanced_acc"] == max(t["val_balanced_acc"] for t in result["trials"])
+    assert best["val_balanced_acc"] == max(r["val_balanced_acc"] for r in rescored)
+    assert len(json.loads((out / "rescore.json").read_text())) == 2 * len(rescored)
     record = json.loads((out / "search.json").read_text())
     assert [t["trial"] for t in record] == [0, 1, 2]
     assert (out / "tune.json").is_file() and json.loads((out / "status.json").read_text())["status"] == "finished"
@@ -71,21 +82,27 @@ def test_tune_on_val_writes_settings_and_record_and_never_opens_test(medmnist_di
     tuned = cfg["presets"]["quick"]["tuned"]["dm"]["ipc2"]
     assert tuned["selected_on"] == "val" and tuned["override"] == best["override"]
     assert tuned["val_balanced_acc"] == best["val_balanced_acc"] and tuned["n_trials"] == 3
+    assert tuned["val_seeds"] == 3
     # the search record is kept beside the config (relative path), not only in the run folder
     kept = json.loads((configs / tuned["search_record"]).read_text())
     assert tuned["search_record"] == "tune/breastmnist_quick_dm_ipc2.json" and kept["trials"] == record
     assert kept["selected_on"] == "val" and kept["search_space"] == {"lr_img": [0.1, 10.0]}
-    # the written settings are what the bundles now read for (breastmnist, dm, ipc 2)
+    assert kept["rescored"] == rescored
+    # the written settings are what the bundles now read for (breastmnist, dm, ipc 2): the value the winner ran with
     monkeypatch.setattr("monai_distill.presets.CONFIG_DIR", configs)
-    assert method_settings("breastmnist", "dm", 2, "quick").get("lr_img") == best["override"].get("lr_img")
+    assert method_settings("breastmnist", "dm", 2, "quick").get("lr_img") == best["settings"]["lr_img"]
     # a second run resumes from the record instead of distilling again
     again = TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(out), method="dm",
                          ipc=2, budget_minutes=10, max_trials=3, search_space={"lr_img": [0.1, 10.0]},
                          method_options={"iterations": 3}, config_dir=str(configs), **TINY).run()
     assert [t["seconds"] for t in again["trials"]] == [t["seconds"] for t in record]
+    assert again["rescored"] == rescored
 
 
 def test_bad_search_space_is_named(medmnist_dir, tmp_path):
     with pytest.raises(ValueError, match="search_space"):
         TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path), method="dm",
                      search_space={"lr_img": []}, **TINY)
+    with pytest.raises(ValueError, match="rescore_seeds"):
+        TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path), method="dm",
+                     rescore_seeds=0, **TINY)
