@@ -92,8 +92,10 @@ def run_bundle(
         out.mkdir(parents=True, exist_ok=True)
         files = [config] if isinstance(config, str) else list(config)
         config_arg = "[" + ",".join(f"'{REPO / c}'" for c in files) + "]" if len(files) > 1 else str(REPO / files[0])
+        # Progress on: run.log is not a terminal, so it gets a line every 10 % of each long step (with its ETA)
+        # instead of silence until the step ends (a 3D full bound ran an hour with nothing in its log).
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg,
-               "--output_dir", str(out), "--progress", "False"]
+               "--output_dir", str(out), "--progress", "True"]
         if (out / "checkpoint.pt").is_file():
             cmd += ["--resume", "true"]
         for k, v in overrides.items():
