@@ -255,7 +255,10 @@ class TuneWorkflow:
             logger.info("tune %s trial %d %s: val balanced acc %.3f, AUC %.3f", self.method, i, trial["override"],
                         trial["val_balanced_acc"], trial["val_auc"])
             atomic_write_json(trials, record_path)
-        rescored = self._rescore(trials) if self.rescore_top else []
+        if self.rescore_top and len(trials) < 2:
+            logger.warning("tune: the budget allowed one trial only; nothing to re-score (raise --budget_minutes)")
+        # One trial leaves nothing to choose between: re-scoring it would only spend time.
+        rescored = self._rescore(trials) if self.rescore_top and len(trials) > 1 else []
         pool = rescored or trials
         best = max(pool, key=lambda t: (t["val_balanced_acc"], t["val_auc"], -t["trial"]))
         result = {"dataset": self.base.dataset, "method": self.method, "ipc": self.base.ipc,

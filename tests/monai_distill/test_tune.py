@@ -99,10 +99,14 @@ def test_tune_on_val_writes_settings_and_record_and_never_opens_test(medmnist_di
     assert again["rescored"] == rescored
 
 
-def test_bad_search_space_is_named(medmnist_dir, tmp_path):
+def test_bad_search_space_is_named(medmnist_dir, tmp_path, one_thread):
     with pytest.raises(ValueError, match="search_space"):
         TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path), method="dm",
                      search_space={"lr_img": []}, **TINY)
+    single = TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path / "one"),
+                          method="dm", ipc=2, max_trials=1, method_options={"iterations": 2}, write_config=False,
+                          **TINY).run()
+    assert len(single["trials"]) == 1 and single["rescored"] == []  # one trial: nothing to re-score
     with pytest.raises(ValueError, match="rescore_seeds"):
         TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path), method="dm",
                      rescore_seeds=0, **TINY)
