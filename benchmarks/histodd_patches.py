@@ -90,8 +90,9 @@ def main() -> None:
             f"{args.preset}`, distillation network `{args.arch}`"
             f"{f' (width {args.width})' if args.width else ''}, method options `{args.method_options}`"
             f"{f', Histo-DD lr_img {args.lr_img}' if args.lr_img is not None else ''}, seed {args.seed}; "
-            f"machine: {machine}, torch {torch.__version__}. Wall time so far "
-            f"{(time.perf_counter() - start) / 60:.1f} min (runs already on disk are not re-timed).",
+            f"machine: {machine}, torch {torch.__version__}. This invocation ran "
+            f"{(time.perf_counter() - start) / 60:.1f} min; each row's own seconds are in the row (a row found on "
+            "disk keeps the seconds of the run that made it).",
             "",
             "Accuracy, balanced accuracy and macro AUC in %; `distill s` / `eval s` are seconds. `full` trains on the "
             "whole train split (upper bound). Coresets are selections of real patches; Histo-DD and DC/DSA/DM start "

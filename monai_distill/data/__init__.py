@@ -1,7 +1,15 @@
 """Real datasets, class-balanced sampling and the SyntheticSet."""
 
 from .arrays import infer_spatial_dims, load_arrays
-from .dataset import DataError, RealDataset, images_to_tensor, normalise, split_stats
+from .dataset import (
+    DataError,
+    RealDataset,
+    concat_splits,
+    images_to_tensor,
+    normalise,
+    split_stats,
+    stratified_holdout,
+)
 from .loaders import load_dataset
 from .medmnist import (
     MEDMNIST_SIZES,
@@ -27,6 +35,7 @@ __all__ = [
     "SyntheticSet",
     "VolumeRow",
     "clear_volume_cache",
+    "concat_splits",
     "images_to_tensor",
     "infer_spatial_dims",
     "load_arrays",
@@ -41,6 +50,7 @@ __all__ = [
     "normalise_split",
     "read_volume_csv",
     "split_stats",
+    "stratified_holdout",
     "train_stats",
     "volume_transform",
 ]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from ..checks import DataError, check_finite
 
-__all__ = ["DataError", "RealDataset", "images_to_tensor", "normalise", "split_stats"]
+__all__ = ["DataError", "RealDataset", "concat_splits", "images_to_tensor", "normalise", "split_stats",
+           "stratified_holdout"]
 
 
 @dataclass
@@ -86,6 +87,11 @@ class RealDataset:
     def indices_of_class(self, c: int) -> torch.Tensor:
         return torch.nonzero(self.labels == c, as_tuple=False).flatten()
 
+    def take(self, index: torch.Tensor, split: str | None = None) -> RealDataset:
+        """The images at ``index`` (same classes and normalisation), optionally renamed to ``split``."""
+        return replace(self, images=self.images[index], labels=self.labels[index], split=split or self.split,
+                       extra=dict(self.extra))
+
     def describe(self) -> dict:
         """Facts recorded in metrics and metadata."""
         return {
@@ -101,6 +107,46 @@ class RealDataset:
             "std": self.std,
             **self.extra,
         }
+
+
+def stratified_holdout(data: RealDataset, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``data`` into (kept, held-out) indices holding out ``round(fraction * n_c)`` images of every class c.
+
+    Each class keeps at least one image and, when ``fraction > 0``, gives at least one; the draw depends only on
+    ``seed`` and the labels, so every caller with the same seed holds out the same images.
+
+    Raises:
+        DataError: multi-label data (no single class to stratify by) or ``fraction`` outside [0, 1).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"{data.name}/{data.split}: a held-out fraction must lie in [0, 1), got {fraction}.")
+    if data.is_multilabel:
+        raise DataError(f"{data.name}: a stratified hold-out needs single-label data, task is '{data.task}'.")
+    generator = torch.Generator().manual_seed(int(seed))
+    kept, held = [], []
+    for c in range(data.num_classes):
+        idx = data.indices_of_class(c)
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n = 0 if fraction == 0 or len(idx) < 2 else min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        held.append(idx[:n])
+        kept.append(idx[n:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
+def concat_splits(first: RealDataset, second: RealDataset, split: str) -> RealDataset:
+    """``first`` followed by ``second`` as one split named ``split``; both must share classes and normalisation.
+
+    Raises:
+        DataError: the two differ in image shape, classes or normalisation.
+    """
+    same = (first.images.shape[1:] == second.images.shape[1:] and first.num_classes == second.num_classes
+            and first.mean == second.mean and first.std == second.std)
+    if not same:
+        raise DataError(f"{first.name}: cannot join its {first.split} and {second.split} splits: image shapes "
+                        f"{tuple(first.images.shape[1:])}/{tuple(second.images.shape[1:])}, classes "
+                        f"{first.num_classes}/{second.num_classes}, or normalisation differ.")
+    return replace(first, images=torch.cat([first.images, second.images]),
+                   labels=torch.cat([first.labels, second.labels]), split=split, extra=dict(first.extra))
 
 
 def images_to_tensor(images: np.ndarray, spatial_dims: int, name: str = "images") -> torch.Tensor:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from monai_distill.data import SyntheticSet
 from monai_distill.data import medmnist as medmnist_module
 from monai_distill.presets import method_settings
 from monai_distill.tune import SEARCH_SPACES, TuneWorkflow, candidate_grid
@@ -110,3 +112,32 @@ def test_bad_search_space_is_named(medmnist_dir, tmp_path, one_thread):
     with pytest.raises(ValueError, match="rescore_seeds"):
         TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path), method="dm",
                      rescore_seeds=0, **TINY)
+
+
+def test_val_from_train_ranks_on_a_wider_pool_and_distils_without_it(medmnist_dir, tmp_path, one_thread):
+    from monai_distill.data import load_dataset, stratified_holdout
+
+    train = load_dataset("breastmnist", split="train", dataset_dir=str(medmnist_dir), size=28)
+    val = load_dataset("breastmnist", split="val", dataset_dir=str(medmnist_dir), size=28)
+    kept, held = stratified_holdout(train, 0.2, seed=0)
+    # stratified, disjoint, seeded: every class gives about a fifth, every image lands on exactly one side
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(len(train)))
+    assert train.take(held).class_counts() == [round(0.2 * n) for n in train.class_counts()]
+    assert torch.equal(held, stratified_holdout(train, 0.2, seed=0)[1])
+    assert not torch.equal(held, stratified_holdout(train, 0.2, seed=1)[1])
+    out = tmp_path / "tune"
+    kwargs = dict(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(out), method="herding",
+                  ipc=2, max_trials=1, write_config=False, **TINY)
+    result = TuneWorkflow(val_from_train=0.2, **kwargs).run()
+    assert result["val_pool"] == {"images": len(val) + len(held), "held_out_of_train": len(held),
+                                  "val_from_train": 0.2}
+    assert result["trials"][0]["val_images"] == len(val) + len(held)
+    # the trial's set was chosen from the kept images only: none of them is a held-out image
+    syn = SyntheticSet.load(out / "trials" / "000" / "synthetic.pt")
+    held_images = train.images[held].flatten(1)
+    assert torch.cdist(syn.images.flatten(1), held_images).min() > 0
+    # a resumed search on another pool is refused, naming the record
+    with pytest.raises(ValueError, match=r"search\.json.*val_from_train"):
+        TuneWorkflow(val_from_train=0.0, **kwargs).run()
+    with pytest.raises(ValueError, match="val_from_train"):
+        TuneWorkflow(val_from_train=1.0, **kwargs)
