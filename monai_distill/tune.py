@@ -5,11 +5,11 @@ estimates how the set does on new patients. :class:`TuneWorkflow` distils with c
 a grid, the current settings first, so the result is never worse on val than what it replaces), trains the
 evaluation networks on each set and scores them on the **val** split (balanced accuracy, ties broken by macro AUC),
 then re-scores the best few (and the current settings) with ``rescore_seeds`` more distillation seeds and keeps
-the one with the best mean val score. One seed per candidate is not enough on small val splits: BreastMNIST's val split
-has 78 images, and a best-of-15 choice by one seed each scored 76.6 on val and 66.7 on test against 72.0 for the
-settings it replaced. The winner goes into ``configs/<dataset>.json`` under
-``presets.<preset>.methods.<method>.ipc<k>``, with the val scores and the path of the full search record under
-``presets.<preset>.tuned.<method>.ipc<k>``.
+the one with the best mean val score (a candidate whose settings equal an earlier trial's is skipped). One seed
+per candidate is not enough on small val splits: BreastMNIST's val split has 78 images, and a best-of-15 choice by
+one seed each scored 76.6 on val and 66.7 on test against 72.0 for the settings it replaced. The winner goes into
+``configs/<dataset>.json`` under ``presets.<preset>.methods.<method>.ipc<k>``, with the val scores and the path of
+the full search record under ``presets.<preset>.tuned.<method>.ipc<k>``.
 
 More seeds do not cure a val split that is too small to rank candidates: on BreastMNIST the choice re-scored over
 3 seeds (76.3 ± 0.6 on val against 71.7 ± 0.8 for the old settings) still lost on test (66.7 ± 1.1 against 72.0).
@@ -293,6 +293,12 @@ class TuneWorkflow:
         # Time kept for the re-score: (top few + trial 0) x extra seeds, at the mean trial's cost.
         reserve = (self.rescore_top + 1) * self.rescore_seeds if self.rescore_top else 0
         for i, override in enumerate(candidates):
+            if i not in done:  # a grid value equal to the current setting would re-run trial 0 with the same seed
+                settings = _jsonable(self._settings(override))
+                same = next((t["trial"] for t in trials if t.get("settings") == settings), None)
+                if same is not None:
+                    logger.info("tune: candidate %d %s runs trial %d's settings; skipped", i, override, same)
+                    continue
             spent = time.perf_counter() - start
             mean = sum(t["seconds"] for t in trials) / len(trials) if trials else 0.0
             if trials and i not in done and spent + mean * (1 + reserve) > self.budget_s:

@@ -141,3 +141,12 @@ def test_val_from_train_ranks_on_a_wider_pool_and_distils_without_it(medmnist_di
         TuneWorkflow(val_from_train=0.0, **kwargs).run()
     with pytest.raises(ValueError, match="val_from_train"):
         TuneWorkflow(val_from_train=1.0, **kwargs)
+
+
+def test_a_candidate_with_the_current_settings_is_not_run_twice(medmnist_dir, tmp_path, one_thread):
+    # lr_img 0.5 is what the current settings say (as a fixed option here, as a configs/ entry after a search)
+    result = TuneWorkflow(dataset="breastmnist", dataset_dir=str(medmnist_dir), output_dir=str(tmp_path), method="dm",
+                          ipc=2, max_trials=3, method_options={"iterations": 2, "lr_img": 0.5},
+                          search_space={"lr_img": [0.5, 5.0]}, write_config=False, **TINY).run()
+    assert [t["settings"]["lr_img"] for t in result["trials"]] == [0.5, 5.0]
+    assert [t["trial"] for t in result["trials"]] in ([0, 1], [0, 2])
