@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import trajectory_common as bench
-from trajectory_common import BUNDLE, REPO, dims, kept_notes, machine, run_bundle, write_md
+from trajectory_common import BUNDLE, REPO, dims, kept_notes, machine, retire, run_bundle, write_md
 
 from monai_distill.plotting import line_plot
 from monai_distill.protocol import aggregate_seeds, paired_difference
@@ -216,7 +216,8 @@ def main() -> None:
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
     p.add_argument("--table_only", action="store_true", help="write the table from the record, run nothing")
-    p.add_argument("--rerun", action="store_true", help="run cells the record already holds (replacing them)")
+    p.add_argument("--rerun", action="store_true",
+                   help="run cells the record already holds again (their old run folders are kept as seedN.replacedK)")
     args = p.parse_args()
     start = time.perf_counter()
     work, out_md = Path(args.work_dir) / args.preset, Path(args.out)
@@ -235,6 +236,8 @@ def main() -> None:
                         continue  # in the committed record: runs/ may be gone (a fresh checkout)
                     out = work / d / f"{method}_ipc{ipc}" / f"seed{seed}"
                     run = {**common, "seed": seed, "dataset": d}
+                    if args.rerun:  # a finished folder would be read back, not run again
+                        retire(out)
                     if method == "full":
                         metrics = run_bundle(out, f"{config}/evaluate.json", args.threads, synthetic="full", **run)
                     else:

@@ -109,6 +109,22 @@ def run_bundle(
     return json.loads(metrics.read_text())
 
 
+def retire(out: Path) -> Path | None:
+    """Move a finished or partial run folder aside (``<name>.replacedN``) so that the next run starts afresh.
+
+    :func:`run_bundle` reuses a folder that holds its metrics; a ``--rerun`` (after a settings change) must not.
+    The old folder is kept, not deleted: it is the evidence of the cell it replaces.
+    """
+    if not out.exists():
+        return None
+    n = 1
+    while out.with_name(f"{out.name}.replaced{n}").exists():
+        n += 1
+    target = out.with_name(f"{out.name}.replaced{n}")
+    out.rename(target)
+    return target
+
+
 def fmt(m: dict[str, Any], key: str = "acc") -> str:
     return f"{100 * m[f'test_{key}_mean']:.1f} ± {100 * m[f'test_{key}_std']:.1f}"
 
