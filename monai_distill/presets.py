@@ -165,7 +165,8 @@ def config_path(dataset: str) -> Path:
 
 
 def method_settings(
-    dataset: str, method: str, ipc: int, preset: str = "quick", n_train: int | None = None, spatial_dims: int = 2
+    dataset: str, method: str, ipc: int, preset: str = "quick", n_train: int | None = None, spatial_dims: int = 2,
+    shared: bool = True,
 ) -> dict[str, Any]:
     """The settings of ``method`` at ``ipc`` for ``dataset`` under ``preset``, from ``configs/``.
 
@@ -173,6 +174,10 @@ def method_settings(
     ``methods.<name>.{all, ipc<k>}``; they are merged in that order (later wins), with the buffers under the key
     ``buffers``. Values ``"auto"`` follow :func:`size_rule` for ``n_train``. Methods a file does not list get ``{}``
     (their own defaults); a bundle's ``method_options`` are merged on top by the workflow.
+
+    ``shared=False`` skips ``common`` and ``buffers``: they hold the trajectory methods' keys (iterations, syn_steps,
+    expert training), which a method without expert buffers does not take (a DM entry written by ``tune`` would
+    otherwise make DM fail on ``syn_steps``).
     """
     path = config_path(dataset)
     if not path.is_file():
@@ -182,9 +187,10 @@ def method_settings(
     if section is None or method not in section.get("methods", {}):
         return {}
     entry = section["methods"][method]
-    merged = deep_merge(section.get("common", {}), entry.get("all", {}))
+    merged = deep_merge(section.get("common", {}) if shared else {}, entry.get("all", {}))
     merged = deep_merge(merged, entry.get(f"ipc{int(ipc)}", {}))
-    merged["buffers"] = deep_merge(section.get("buffers", {}), merged.get("buffers", {}))
+    if shared:
+        merged["buffers"] = deep_merge(section.get("buffers", {}), merged.get("buffers", {}))
     if n_train is not None:
         merged = _resolve_auto(merged, size_rule(n_train, spatial_dims))
     return merged

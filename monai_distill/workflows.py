@@ -607,10 +607,10 @@ class DistillWorkflow(_CardMixin, _Workflow):
 
     def _options(self, train: RealDataset, preset: Preset) -> dict[str, Any]:
         """``configs/`` settings for (dataset, method, ipc, preset), then the bundle's ``method_options``."""
-        opts = method_settings(
-            self.dataset, self.method, self.ipc, preset.name, n_train=len(train), spatial_dims=train.spatial_dims
-        )
-        if getattr(self.method_cls, "uses_buffers", False):
+        buffers = getattr(self.method_cls, "uses_buffers", False)
+        opts = method_settings(self.dataset, self.method, self.ipc, preset.name, n_train=len(train),
+                               spatial_dims=train.spatial_dims, shared=buffers)
+        if buffers:
             opts.setdefault("buffer_dir", self.buffer_dir)
         return deep_merge(opts, self.method_options)
 

@@ -150,3 +150,32 @@ def test_a_candidate_with_the_current_settings_is_not_run_twice(medmnist_dir, tm
                           search_space={"lr_img": [0.5, 5.0]}, write_config=False, **TINY).run()
     assert [t["settings"]["lr_img"] for t in result["trials"]] == [0.5, 5.0]
     assert [t["trial"] for t in result["trials"]] in ([0, 1], [0, 2])
+
+
+def test_a_later_search_tries_again_what_earlier_searches_started_from(medmnist_dir, tmp_path, monkeypatch,
+                                                                       one_thread):
+    import shutil
+
+    from monai_distill.presets import CONFIG_DIR
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("default.json", "breastmnist.json"):  # the real file: its shared sections hold trajectory keys
+        shutil.copy(CONFIG_DIR / name, configs / name)
+    monkeypatch.setattr("monai_distill.presets.CONFIG_DIR", configs)  # the searches read what they wrote
+    kwargs = dict(dataset="breastmnist", dataset_dir=str(medmnist_dir), method="dm", ipc=2, max_trials=2,
+                  rescore_top=0, search_space={"lr_img": [0.5, 5.0]}, config_dir=str(configs), **TINY)
+    fixed = {"iterations": 2}
+    first = TuneWorkflow(output_dir=str(tmp_path / "a"), method_options=fixed, **kwargs).run()
+    # the winner is written; make the next search start from another value, as if the first chose it
+    cfg = json.loads((configs / "breastmnist.json").read_text())
+    cfg["presets"]["quick"]["methods"]["dm"]["ipc2"]["lr_img"] = 50.0
+    (configs / "breastmnist.json").write_text(json.dumps(cfg))
+    record = json.loads((configs / "tune" / "breastmnist_quick_dm_ipc2.json").read_text())
+    record["trials"][0]["settings"]["lr_img"] = 0.25  # what the first search started from
+    (configs / "tune" / "breastmnist_quick_dm_ipc2.json").write_text(json.dumps(record))
+    second = TuneWorkflow(output_dir=str(tmp_path / "b"), method_options=fixed, **kwargs).run()
+    assert [t["settings"].get("lr_img") for t in second["trials"]] == [50.0, 0.25]  # current, then the earlier start
+    kept = json.loads((configs / "tune" / "breastmnist_quick_dm_ipc2.json").read_text())
+    assert {"lr_img": 0.25} in kept["earlier_settings"]
+    assert first["selected_on"] == second["selected_on"] == "val"
