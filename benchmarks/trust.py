@@ -10,6 +10,7 @@ Usage (repo root)::
 
     OMP_NUM_THREADS=1 python benchmarks/trust.py                      # every set that exists
     OMP_NUM_THREADS=1 python benchmarks/trust.py --datasets breastmnist --methods random ptm
+    python benchmarks/trust.py --table_only --patches runs/bench_histodd_standard   # + the H&E patch sets' cards
     python benchmarks/trust.py --table_only --bags "hard cohort=runs/bench_mil_hard/synthetic_cluster_ipc10"
     python benchmarks/trust.py --table_only
 """
@@ -53,6 +54,12 @@ def keep(card: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def keep_patches(card: dict[str, Any]) -> dict[str, Any]:
+    """:func:`keep` plus the set's utility: the ``histodd_patches`` bundle writes both beside ``synthetic.pt``."""
+    return {**keep(card), "test_balanced_acc_mean": card["metrics"]["test_balanced_acc_mean"],
+            "n_networks": card["membership"]["synthetic"]["n_networks"]}
+
+
 def keep_bags(card: dict[str, Any]) -> dict[str, Any]:
     """The figures of a synthetic bag cohort's card (``wsi_synthetic_bags`` ``card.json``) that the table shows."""
     slides = card["slides"]
@@ -89,6 +96,49 @@ def bag_lines(cards: dict) -> list[str]:
     return [*lines, ""]
 
 
+PATCHES = "he_patches"
+PATCH_METHODS = ("random", "herding", "forgetting", "dc", "dsa", "dm", "histodd")
+
+
+def _card_row(name: str, c: dict[str, Any], u: float | None) -> str:
+    return (f"| {name} | {'–' if u is None else f'{100 * u:.1f}'} | {c['n_near_copies']} / {c['n_images']} | "
+            f"{c['pixel_rms_min']:.3f} / {c['pixel_rms_median']:.3f} | {c['ssim_max']:.2f} | "
+            f"{_auc(c, 'synthetic_loss')} | {_auc(c, 'synthetic_calibrated')} | "
+            f"{_auc(c, 'synthetic_own_calibrated')} | {_auc(c, 'real_subset_calibrated')} | "
+            f"{_auc(c, 'full_data_calibrated')} | {c['card_seconds']:.0f} |")
+
+
+HEADER = ["| method | balanced acc % | near-copies | pixel RMS to nearest (min / median) | SSIM max | "
+          "attack AUC, loss | attack AUC, cal. | cal. AUC on its own/initial real images | "
+          "real subset: cal. AUC | full data: cal. AUC | card s |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def _not_private(cards: dict, keys: list) -> list[str]:
+    """Rows whose set is no more private than real data: near-copies, or attack AUC >= 0.6 on its own images."""
+    return [k[1] for k in keys if cards[k].get("synthetic_own_calibrated", [0])[0] >= 0.6
+            or cards[k]["n_near_copies"]]
+
+
+def patch_lines(cards: dict, args: argparse.Namespace) -> list[str]:
+    """Histo-DD's own task: the cards the ``histodd_patches`` bundle wrote beside its sets (``--patches``)."""
+    keys = [k for m in PATCH_METHODS for k in cards if k[0] == PATCHES and k[1] == m and k[2] == args.ipc]
+    if not keys:
+        return []
+    n_nets = sorted({cards[k]["n_networks"] for k in keys})
+    lines = [f"## H&E patches (Histo-DD's task; `histodd_patches` bundle, preset `standard`, ipc {args.ipc})", "",
+             "The cards the bundle wrote beside its sets (`benchmarks/histodd_patches.py --preset standard`, "
+             "`histodd_patches_standard.md`), with the bundle's default card options: the attack reuses the "
+             f"{'/'.join(map(str, n_nets))} evaluation networks of each set, members are train patches, non-members "
+             "test patches, the reference network is trained on the val split. Balanced accuracy from the same "
+             "run's `metrics.json`.", "", *HEADER]
+    lines += [_card_row(k[1], cards[k], cards[k]["test_balanced_acc_mean"]) for k in keys]
+    worse = _not_private(cards, keys)
+    lines += ["", f"- H&E patches: no more private than real data (near-copies, or an attack AUC >= 0.6 on its own "
+                  f"real images): {', '.join(worse) if worse else 'none'}.", ""]
+    return lines
+
+
 def _auc(cell: dict[str, Any], key: str) -> str:
     v = cell.get(key)
     return f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" if v else "–"
@@ -114,27 +164,15 @@ def table(cards: dict, utility: dict, args: argparse.Namespace, seconds: float |
         "the members match), not membership.",
         "",
     ]
-    recorded = {d for d, *_ in cards} - {"bags"}  # every dataset of the record, not only this invocation's
+    recorded = {d for d, *_ in cards} - {"bags", PATCHES}  # every dataset of the record, not only this invocation's
     for d in [*args.datasets, *sorted(recorded - set(args.datasets))]:
         rows = [m for m in METHODS if (d, m, args.ipc, args.seed) in cards]
         if not rows:
             continue
-        lines += [f"## {d}", "",
-                  "| method | balanced acc % | near-copies | pixel RMS to nearest (min / median) | SSIM max | "
-                  "attack AUC, loss | attack AUC, cal. | cal. AUC on its own/initial real images | "
-                  "real subset: cal. AUC | full data: cal. AUC | card s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {d}", "", *HEADER]
         for m in rows:
-            c = cards[(d, m, args.ipc, args.seed)]
             u = utility.get((d, m, args.ipc, args.seed), {}).get("test_balanced_acc_mean")
-            lines.append(
-                f"| {m} | {100 * u:.1f} | " if u is not None else f"| {m} | – | "
-            )
-            lines[-1] += (f"{c['n_near_copies']} / {c['n_images']} | {c['pixel_rms_min']:.3f} / "
-                          f"{c['pixel_rms_median']:.3f} | {c['ssim_max']:.2f} | {_auc(c, 'synthetic_loss')} | "
-                          f"{_auc(c, 'synthetic_calibrated')} | {_auc(c, 'synthetic_own_calibrated')} | "
-                          f"{_auc(c, 'real_subset_calibrated')} | {_auc(c, 'full_data_calibrated')} | "
-                          f"{c['card_seconds']:.0f} |")
+            lines.append(_card_row(m, cards[(d, m, args.ipc, args.seed)], u))
         lines.append("")
         ptm = cards.get((d, "ptm", args.ipc, args.seed))
         if ptm:
@@ -143,13 +181,12 @@ def table(cards: dict, utility: dict, args: argparse.Namespace, seconds: float |
                          f"(goal <= {GOAL_AUC}): **{'met' if auc <= GOAL_AUC else 'missed'}**; its utility is the "
                          "uncarded run's (the card does not change the set).")
         subset = [c for (dd, *_), c in cards.items() if dd == d and c.get("real_subset_calibrated")]
-        worse = [m for m in rows if cards[(d, m, args.ipc, args.seed)].get("synthetic_own_calibrated", [0])[0]
-                 >= 0.6 or cards[(d, m, args.ipc, args.seed)]["n_near_copies"]]
+        worse = _not_private(cards, [(d, m, args.ipc, args.seed) for m in rows])
         if subset:
             lines.append(f"- {d}: no more private than real data (near-copies, or an attack AUC >= 0.6 on its own "
                          f"real images): {', '.join(worse) if worse else 'none'}.")
         lines.append("")
-    return [*lines, *bag_lines(cards)]
+    return [*lines, *patch_lines(cards, args), *bag_lines(cards)]
 
 
 def main() -> None:
@@ -171,6 +208,8 @@ def main() -> None:
     p.add_argument("--out", default=str(bench.REPO / "benchmarks" / "results" / "trust.md"))
     p.add_argument("--bags", nargs="*", default=[],
                    help="NAME=DIR: synthetic bag cohorts (wsi_synthetic_bags outputs) whose card.json to tabulate")
+    p.add_argument("--patches", default=None,
+                   help="work dir of benchmarks/histodd_patches.py: tabulate the cards of its <method>_ipc<ipc> sets")
     p.add_argument("--table_only", action="store_true")
     args = p.parse_args()
     start = time.perf_counter()
@@ -201,6 +240,15 @@ def main() -> None:
         if not card.is_file():
             raise SystemExit(f"--bags {item}: no cohort card '{card}' (run wsi_synthetic_bags first).")
         cards = record.put(("bags", name, args.ipc, args.seed), json.loads(card.read_text()), keep=keep_bags)
+    if args.patches:
+        for m in PATCH_METHODS:
+            run = Path(args.patches) / f"{m}_ipc{args.ipc}"
+            if (run / "card.json").is_file() and (run / "metrics.json").is_file():
+                card = {**json.loads((run / "card.json").read_text()),
+                        "metrics": json.loads((run / "metrics.json").read_text())}
+                cards = record.put((PATCHES, m, args.ipc, 0), card, keep=keep_patches)
+            else:
+                print(f"--patches: {run} holds no finished, carded set; skipped", flush=True)
     bench.write_md(out_md, table(cards, utility, args, None if args.table_only else time.perf_counter() - start))
 
 
