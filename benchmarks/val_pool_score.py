@@ -24,6 +24,7 @@ import trajectory_common as bench
 from monai_distill.runs import set_determinism
 from monai_distill.runtime import configure_threads
 from monai_distill.tune import TuneWorkflow
+from monai_distill.utils import atomic_write_json
 
 
 def main() -> None:
@@ -47,16 +48,11 @@ def main() -> None:
                       ipc=args.ipc, preset=args.preset, seed=args.seeds[0], device="cpu", progress=False,
                       val_from_train=args.val_from_train, buffer_dir=args.buffer_dir, write_config=False,
                       method_options=ast.literal_eval(args.method_options))
-    options = wf._settings(ast.literal_eval(args.settings))
-    rows = []
-    for seed in args.seeds:
-        summary, _ = wf._score(out / f"seed{seed}", options, seed)
-        rows.append({"seed": seed, "val_balanced_acc": summary["test_balanced_acc_mean"],
-                     "val_auc": summary["test_auc_mean"], "val_images": len(wf._val())})
-        print(json.dumps(rows[-1]), flush=True)
-    mean = sum(r["val_balanced_acc"] for r in rows) / len(rows)
-    (out / "scores.json").write_text(json.dumps({"settings": options, "val_pool": wf._val_pool(), "scores": rows,
-                                                 "val_balanced_acc_mean": mean}, indent=1, default=str))
+    scores = wf.score_settings(ast.literal_eval(args.settings), args.seeds, out)
+    for row in scores["scores"]:
+        print(json.dumps(row), flush=True)
+    atomic_write_json(scores, out / "scores.json")
+    mean = scores["val_balanced_acc_mean"]
     print(f"val balanced accuracy {100 * mean:.1f} over seeds {args.seeds}")
 
 

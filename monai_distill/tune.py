@@ -33,7 +33,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,34 @@ class TuneWorkflow:
                                                  seed, self.base.device, progress=self.base.progress,
                                                  optimizer=self.base.eval_optimizer_def)
         return result.summary, metrics
+
+    def score_settings(self, override: dict[str, Any], seeds: Sequence[int], out_dir: str | Path) -> dict[str, Any]:
+        """Score settings the search may not have tried, exactly as a re-scored trial is scored.
+
+        One distillation per seed into ``out_dir/seed<seed>`` (resumed if finished), ranked on this search's val pool
+        (the val split plus any images held out of train). Never reads the test split and writes nothing into
+        ``configs/``: a choice belongs to a search, this only says where other settings would have ranked.
+
+        Args:
+            override: method options over ``configs/`` and the fixed ``method_options``.
+            seeds: distillation seeds; each draws new experts' order, initial images and evaluation networks.
+            out_dir: folder of the runs.
+
+        Returns:
+            The settings run, the val pool, per-seed val scores, and their mean and std.
+        """
+        if not seeds:
+            raise ValueError("score_settings: `seeds` is empty; give at least one distillation seed.")
+        options = self._settings(override)
+        rows = []
+        for seed in seeds:
+            s, _ = self._score(Path(out_dir) / f"seed{seed}", options, seed)
+            rows.append({"seed": seed, "val_balanced_acc": s["test_balanced_acc_mean"], "val_auc": s["test_auc_mean"],
+                         "val_images": len(self._val())})
+        accs = [r["val_balanced_acc"] for r in rows]
+        std = (sum((v - _mean(accs)) ** 2 for v in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
+        return {"settings": _jsonable(options), "val_pool": self._val_pool(), "scores": rows,
+                "val_balanced_acc_mean": _mean(accs), "val_balanced_acc_seed_std": std}
 
     def _trial(self, index: int, override: dict[str, Any]) -> dict[str, Any]:
         """Distil with ``override`` and score the set on the val split."""

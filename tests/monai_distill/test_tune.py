@@ -179,3 +179,31 @@ def test_a_later_search_tries_again_what_earlier_searches_started_from(medmnist_
     kept = json.loads((configs / "tune" / "breastmnist_quick_dm_ipc2.json").read_text())
     assert {"lr_img": 0.25} in kept["earlier_settings"]
     assert first["selected_on"] == second["selected_on"] == "val"
+
+
+def test_score_settings_ranks_untried_settings_as_a_trial_and_never_opens_test(medmnist_dir, tmp_path, monkeypatch,
+                                                                                 one_thread):
+    opened: list[str] = []
+    real_loader = medmnist_module.load_npz_arrays
+
+    def loader(path, split):
+        opened.append(split)
+        if split == "test":
+            raise AssertionError("score_settings opened the test split")
+        return real_loader(path, split)
+
+    monkeypatch.setattr(medmnist_module, "load_npz_arrays", loader)
+    kwargs = dict(dataset="breastmnist", dataset_dir=str(medmnist_dir), method="dm", ipc=2, max_trials=1,
+                  method_options={"iterations": 2}, write_config=False, val_from_train=0.2, **TINY)
+    search = TuneWorkflow(output_dir=str(tmp_path / "search"), **kwargs)
+    trial0 = search.run()["trials"][0]
+    scores = search.score_settings({}, [search.base.seed, 5], tmp_path / "scores")
+    assert "test" not in opened
+    assert [r["seed"] for r in scores["scores"]] == [search.base.seed, 5]
+    # the current settings with the search's seed are trial 0 again: same pool, same score
+    assert scores["scores"][0]["val_balanced_acc"] == pytest.approx(trial0["val_balanced_acc"])
+    assert scores["val_pool"] == search.run()["val_pool"]
+    assert scores["val_balanced_acc_mean"] == pytest.approx(sum(r["val_balanced_acc"] for r in scores["scores"]) / 2)
+    assert (tmp_path / "scores" / "seed5" / "synthetic.pt").is_file()
+    with pytest.raises(ValueError, match="seeds"):
+        search.score_settings({}, [], tmp_path / "none")
