@@ -15,6 +15,21 @@ from monai_distill.tune import SEARCH_SPACES, TuneWorkflow, candidate_grid
 TINY = {"eval_models": 1, "eval_epochs": 2, "preset_overrides": {"width": 8}, "progress": False, "device": "cpu"}
 
 
+def _record_splits(monkeypatch) -> list[str]:
+    """The MedMNIST splits read from now on; reading the test split fails the test."""
+    opened: list[str] = []
+    real_loader = medmnist_module.load_npz_arrays
+
+    def loader(path, split):
+        opened.append(split)
+        if split == "test":
+            raise AssertionError("the test split was opened")
+        return real_loader(path, split)
+
+    monkeypatch.setattr(medmnist_module, "load_npz_arrays", loader)
+    return opened
+
+
 def test_candidate_grid_starts_with_the_current_settings():
     grid = candidate_grid({"a": [1, 2], "b": [3, 4, 5]}, seed=0)
     assert grid[0] == {} and len(grid) == 7
@@ -45,16 +60,7 @@ def test_every_grid_key_is_an_option_of_its_method():
 
 
 def test_tune_on_val_writes_settings_and_record_and_never_opens_test(medmnist_dir, tmp_path, monkeypatch, one_thread):
-    opened: list[str] = []
-    real_loader = medmnist_module.load_npz_arrays
-
-    def loader(path, split):
-        opened.append(split)
-        if split == "test":
-            raise AssertionError("the tuner opened the test split")
-        return real_loader(path, split)
-
-    monkeypatch.setattr(medmnist_module, "load_npz_arrays", loader)
+    opened = _record_splits(monkeypatch)
     configs = tmp_path / "configs"
     configs.mkdir()
     out = tmp_path / "tune"
@@ -183,16 +189,7 @@ def test_a_later_search_tries_again_what_earlier_searches_started_from(medmnist_
 
 def test_score_settings_ranks_untried_settings_as_a_trial_and_never_opens_test(medmnist_dir, tmp_path, monkeypatch,
                                                                                  one_thread):
-    opened: list[str] = []
-    real_loader = medmnist_module.load_npz_arrays
-
-    def loader(path, split):
-        opened.append(split)
-        if split == "test":
-            raise AssertionError("score_settings opened the test split")
-        return real_loader(path, split)
-
-    monkeypatch.setattr(medmnist_module, "load_npz_arrays", loader)
+    opened = _record_splits(monkeypatch)
     kwargs = dict(dataset="breastmnist", dataset_dir=str(medmnist_dir), method="dm", ipc=2, max_trials=1,
                   method_options={"iterations": 2}, write_config=False, val_from_train=0.2, **TINY)
     search = TuneWorkflow(output_dir=str(tmp_path / "search"), **kwargs)
