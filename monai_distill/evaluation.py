@@ -81,6 +81,7 @@ def train_network(
     make_optimizer: OptimizerFactory | None = None,
     decay_lr: bool = True,
     on_epoch: EpochHook | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """Train ``net`` with the protocol's SGD schedule; the one training loop of evaluation, coresets and experts.
 
@@ -102,6 +103,8 @@ def train_network(
             attribute is true gets a closure that recomputes the loss on the same batch (SAM-style two passes).
         decay_lr: multiply the lr by 0.1 after half of the epochs (the protocol); experts train at a constant lr.
         on_epoch: called as ``on_epoch(epoch, net)`` after each epoch (expert snapshots).
+        sample_weights: (N,) non-negative weights; when given, each epoch draws N indices with replacement in
+            proportion to them instead of a permutation (class-balanced experts).
     """
     net = net.to(device).train()
     if make_optimizer is None:
@@ -113,8 +116,11 @@ def train_network(
     needs_closure = bool(getattr(opt, "needs_closure", False))
     n = images.shape[0]
     bs = min(int(batch_size or preset.eval_batch), n)
+    if sample_weights is not None and sample_weights.shape != (n,):
+        raise ValueError(f"sample_weights must hold one weight per image ({n}), got {tuple(sample_weights.shape)}.")
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
+        order = (torch.randperm(n, generator=generator) if sample_weights is None
+                 else torch.multinomial(sample_weights.double().cpu(), n, replacement=True, generator=generator))
         for start in range(0, n, bs):
             idx = order[start : start + bs]
             x = images[idx].to(device, non_blocking=True)

@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 # Trajectory matching (issue 6): registering the classes is what importing these modules does.
-from .buffers import BufferSettings, ExpertBuffer, flat_parameters, train_expert
+from .buffers import BufferSettings, ExpertBuffer, balanced_weights, flat_parameters, train_expert
 from .datm import DATM
 from .ftd import FTD
 from .hoptm import HoPTM
@@ -36,6 +36,7 @@ __all__ += [
     "HoPTM",
     "TrajectoryDistiller",
     "TrajectoryOptions",
+    "balanced_weights",
     "flat_parameters",
     "train_expert",
 ]

@@ -86,6 +86,28 @@ def test_expert_buffer_snapshots_files_and_resume(flat, breast, tmp_path):
     assert torch.equal(torch.load(buf.path(0), weights_only=True)["params"], traj)
 
 
+def test_balanced_experts_see_every_class_equally_often_and_keep_plain_buffers_where_they_were(breast, tmp_path):
+    from monai_distill.evaluation import train_network
+    from monai_distill.methods import balanced_weights
+
+    plain, balanced = BufferSettings(), BufferSettings(balanced=True)
+    assert "balanced" not in plain.identity()  # buffers built before the option keep their directory
+    spec = {"dataset": "breastmnist", "width": 8}
+    assert ExpertBuffer.directory_for(tmp_path, spec, plain) != ExpertBuffer.directory_for(tmp_path, spec, balanced)
+    counts = torch.bincount(breast.labels)
+    assert counts[0] * 2 < counts[1]  # BreastMNIST's train split: 147 malignant, 399 benign/normal
+    drawn: list[torch.Tensor] = []
+    net = get_network("convnet", 2, 1, 2, 28, width=8)
+    train_network(net, breast.images, breast.labels, 4, 0.01, get_preset("quick", 2, width=8),
+                  torch.Generator().manual_seed(0), CPU, batch_size=128, decay_lr=False,
+                  sample_weights=balanced_weights(breast.labels), on_batch=lambda idx, *_: drawn.append(idx))
+    share = (breast.labels[torch.cat(drawn)] == 0).float().mean().item()
+    assert len(torch.cat(drawn)) == 4 * len(breast) and 0.45 < share < 0.55  # a 27 % class drawn half the time
+    with pytest.raises(ValueError, match="one weight per image"):
+        train_network(net, breast.images, breast.labels, 1, 0.01, get_preset("quick", 2, width=8),
+                      torch.Generator(), CPU, sample_weights=torch.ones(3))
+
+
 def test_buffer_settings_and_options_are_checked(breast, buffers):
     with pytest.raises(KeyError, match="valid"):
         BufferSettings.from_dict({"experts": 3})
