@@ -94,6 +94,13 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _std(values: list[float]) -> float:
+    """Sample standard deviation over seeds (0 for one seed)."""
+    if len(values) < 2:
+        return 0.0
+    return (sum((v - _mean(values)) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
 class _HeldOutDistill(DistillWorkflow):
     """A trial's distillation on the train split without the images the search ranks candidates on."""
 
@@ -271,7 +278,7 @@ class TuneWorkflow:
             rows.append({"seed": seed, "val_balanced_acc": s["test_balanced_acc_mean"], "val_auc": s["test_auc_mean"],
                          "val_images": len(self._val())})
         accs = [r["val_balanced_acc"] for r in rows]
-        std = (sum((v - _mean(accs)) ** 2 for v in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
+        std = _std(accs)
         return {"settings": _jsonable(options), "val_pool": self._val_pool(), "scores": rows,
                 "val_balanced_acc_mean": _mean(accs), "val_balanced_acc_seed_std": std}
 
@@ -320,7 +327,7 @@ class TuneWorkflow:
                                                    range(self.base.seed + 1, self.base.seed + 1 + self.rescore_seeds)]
             aucs = [trial["val_auc"]] + [done[(index, s)]["val_auc"] for s in
                                          range(self.base.seed + 1, self.base.seed + 1 + self.rescore_seeds)]
-            std = (sum((v - _mean(runs)) ** 2 for v in runs) / (len(runs) - 1)) ** 0.5
+            std = _std(runs)
             out.append({**trial, "val_balanced_acc_single_seed": trial["val_balanced_acc"],
                         "val_balanced_acc": _mean(runs), "val_balanced_acc_seed_std": std, "val_auc": _mean(aucs),
                         "val_balanced_acc_per_seed": runs, "val_seeds": len(runs)})
