@@ -111,27 +111,49 @@ def full_bound_line(t: Table, d: str, ipcs: list[int]) -> str:
             f"(target: mean - 2 std above 50 and above every coreset): **{'met' if ok else 'missed'}**.")
 
 
+def _versus(t: Table, d: str, i: int, rivals: tuple[str, ...]) -> tuple[str, float, float, str] | None:
+    """PTM against the best of ``rivals`` in one cell: (best rival, gap, PTM's seed std, what is still pending)."""
+    ptm = t.agg(d, "ptm", i)
+    others = {m: t.agg(d, m, i) for m in rivals if t.agg(d, m, i)}
+    if not ptm or not others:
+        return None
+    best = max(others, key=lambda m: others[m][RANK])
+    gap, std = 100 * (ptm[RANK] - others[best][RANK]), 100 * ptm[f"{RANK}_seed_std"]
+    missing = [m for m in rivals if m not in others]
+    few = sorted(m for m in ("ptm", best) if len(t.seeds(d, m, i)) < 3)
+    pending = "; ".join(([f"{', '.join(missing)} not run yet"] if missing else [])
+                        + ([f"{' and '.join(few)} with fewer than 3 seeds"] if few else []))
+    return best, gap, std, pending
+
+
 def targets(t: Table, datasets: list[str], ipcs: list[int], dataset_dir: Path) -> list[str]:
-    """Issue 12's targets, each stated met, missed (with the numbers) or not run."""
+    """Issue 12's targets, each stated met, missed (with the numbers) or not run.
+
+    The ranking target is the issue's as written: PTM above every coreset and every other trajectory method by more
+    than its seed std. Gradient and distribution matching (DC, DSA, DM) are neither; PTM against them is stated on a
+    line of its own, so a set that loses to them is never hidden by the narrower target.
+    """
     lines = ["## Targets", ""]
+    rivals = tuple(m for m in (*CORESETS, *TRAJECTORY) if m != "ptm")
     for d in datasets:
         for i in ipcs:
-            ptm = t.agg(d, "ptm", i)
-            others = {m: t.agg(d, m, i) for m in METHODS if m != "ptm" and t.agg(d, m, i)}
-            if not ptm or not others:
-                lines.append(f"- {d} ipc {i}: PTM above every other method by more than its seed std: not run yet.")
+            cell = _versus(t, d, i, rivals)
+            if cell is None:
+                lines.append(f"- {d} ipc {i}: PTM above every coreset and every other trajectory method by more "
+                             "than its seed std: not run yet.")
                 continue
-            best = max(others, key=lambda m: others[m][RANK])
-            gap, std = 100 * (ptm[RANK] - others[best][RANK]), 100 * ptm[f"{RANK}_seed_std"]
-            verdict = "met" if gap > std else "missed"
-            missing = [m for m in METHODS if m != "ptm" and m not in others]
-            few = sorted(m for m in ("ptm", best) if len(t.seeds(d, m, i)) < 3)
-            pending = "; ".join(([f"{', '.join(missing)} not run yet"] if missing else [])
-                                + ([f"{' and '.join(few)} with fewer than 3 seeds"] if few else []))
+            best, gap, std, pending = cell
             pending = f" (provisional: {pending})" if pending else ""
-            lines.append(f"- {d} ipc {i}: PTM balanced accuracy {t.cell(d, 'ptm', i, 'balanced_acc')} vs best other "
-                         f"`{best}` {t.cell(d, best, i, 'balanced_acc')}: gap {gap:+.1f} against PTM's seed std "
-                         f"{std:.1f}: **{verdict}**{pending}.")
+            lines.append(f"- {d} ipc {i}: PTM balanced accuracy {t.cell(d, 'ptm', i, 'balanced_acc')} vs best coreset "
+                         f"or trajectory method `{best}` {t.cell(d, best, i, 'balanced_acc')}: gap {gap:+.1f} against "
+                         f"PTM's seed std {std:.1f}: **{'met' if gap > std else 'missed'}**{pending}.")
+            matching = _versus(t, d, i, MATCHING)
+            if matching is not None:
+                best, gap, std, pending = matching
+                side = "above" if gap > std else "not above"
+                lines.append(f"  - beside gradient/distribution matching (no target): best `{best}` "
+                             f"{t.cell(d, best, i, 'balanced_acc')}, gap {gap:+.1f}: PTM {side} it by more than its "
+                             f"seed std{f' ({pending})' if pending else ''}.")
         ptm, full = t.agg(d, "ptm", 10), t.agg(d, "full", 0)
         if ptm and full:
             ratio = ptm[RANK] / full[RANK]
