@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import trajectory_common as bench
@@ -48,7 +51,8 @@ RECORD_KEYS = (KEY, "test_balanced_acc_std", "distill_seconds", "iterations", "p
 def _kept(m: dict) -> dict:
     kept = {k: m[k] for k in RECORD_KEYS if k in m}
     if "eval_history" in m:
-        kept["eval_history"] = [{"distill_seconds": e["distill_seconds"], KEY: e[KEY]} for e in m["eval_history"]]
+        kept["eval_history"] = [{"iteration": e.get("iteration"), "distill_seconds": e["distill_seconds"], KEY: e[KEY]}
+                                for e in m["eval_history"]]
     return kept
 
 
@@ -60,10 +64,28 @@ def _resolution_note(results: dict, target: float, eval_every: int) -> list[str]
                  "distill_seconds"]]
     if not early:
         return []
+    if eval_every == 1:  # no finer grid exists: one update was enough
+        return [f"- Resolution: {', '.join(f'`{m}`' for m in early)} reached the target after a single update "
+                "(evaluated after every iteration, the finest grid); its time is set-up plus one iteration."]
     return [f"- Resolution: {', '.join(f'`{m}`' for m in early)} reached the target at the first evaluation after "
             f"the start (iteration {eval_every}), so each reached it somewhere within its first {eval_every} "
             "iterations; their times are upper bounds, and a ratio between two of them is the ratio of their "
             "seconds per iteration, not of their times to the target. A finer `--eval_every` resolves it."]
+
+
+def run_minutes(folders: list[Path]) -> float:
+    """Wall-clock minutes the runs in ``folders`` took, from their ``status.json`` (a resumed call runs nothing)."""
+    total = 0.0
+    for folder in folders:
+        status = json.loads((folder / "status.json").read_text())
+        if status.get("started") and status.get("ended"):
+            total += (datetime.fromisoformat(status["ended"]) - datetime.fromisoformat(status["started"])).seconds
+    return total / 60
+
+
+def first_iteration_at(history: list[dict], target: float) -> int | None:
+    """Iteration of the first evaluation at or above ``target`` (``None`` if never, or for records without it)."""
+    return next((e.get("iteration") for e in history if e[KEY] >= target), None)
 
 
 def write_results(record: dict, out_md: Path) -> None:
@@ -78,8 +100,10 @@ def write_results(record: dict, out_md: Path) -> None:
         reach = first_time_at(m["eval_history"], target)
         per_it = m["distill_seconds"] / max(1, m["iterations"])
         ratio = f"{reach / ftd_time:.2f}" if reach is not None else "never"
+        its = first_iteration_at(m["eval_history"], target)
         rows.append(f"| {method} | {fmt(m, 'balanced_acc')} | {m['distill_seconds']:.0f} | {per_it:.2f} | "
-                    f"{'–' if reach is None else f'{reach:.0f}'} | {ratio} | {m['peak_memory_mb']:.0f} |")
+                    f"{'–' if reach is None else f'{reach:.1f}'} | {'–' if its is None else its} | {ratio} | "
+                    f"{m['peak_memory_mb']:.0f} |")
     ptm = results["ptm"]
     reach = first_time_at(ptm["eval_history"], target)
     time_ok = reach is not None and reach <= ftd_time / 6
@@ -91,10 +115,14 @@ def write_results(record: dict, out_md: Path) -> None:
         f"Preset `{cfg['preset']}`{width}, "
         f"seed {cfg['seed']}, {cfg['eval_models']} evaluation networks per point, evaluation every "
         f"{cfg['eval_every']} iterations, same flat expert buffer and iteration budget for the three methods, device "
-        f"`{cfg['device']}`, machine: {cfg['machine']}. Command: `python benchmarks/ptm_cost.py` (this table and "
-        f"figure: `--table_only`, from the record `{out_md.with_suffix('.json').name}`). Wall time of the call that "
-        f"wrote the record {cfg['wall_minutes']:.1f} min (runs finished before it are read back, an interrupted run "
-        "resumes). Seconds are distillation wall-clock (set-up included, evaluations "
+        f"`{cfg['device']}`, machine: {cfg['machine']}. "
+        f"Command: `{cfg.get('command', 'python benchmarks/ptm_cost.py')}` (this table and "
+        f"figure: `--table_only`, from the record `{out_md.with_suffix('.json').name}`). " + (
+            f"The runs took {cfg['run_minutes']:.1f} min of wall-clock (their `status.json`; a finished run is read "
+            "back, an interrupted one resumes)." if "run_minutes" in cfg else
+            f"Wall time of the call that wrote the record {cfg['wall_minutes']:.1f} min (runs finished before it are "
+            "read back, an interrupted run resumes).")
+        + " Seconds are distillation wall-clock (set-up included, evaluations "
         "excluded); peak memory is the run's process peak (RSS on CPU: it includes the data and the evaluation "
         "networks, identical for the three).",
         "",
@@ -103,15 +131,15 @@ def write_results(record: dict, out_md: Path) -> None:
         + ".",
         "",
         "| method | final balanced accuracy % | distill s | s / iteration | s to reach herding's balanced accuracy | "
-        "that / FTD's time | peak memory MiB |",
-        "|---|---|---|---|---|---|---|",
+        "iterations to reach it | that / FTD's time | peak memory MiB |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "## Targets",
         "",
         f"- PTM reaches herding's balanced accuracy ({100 * target:.1f} %) in at most 1/6 of FTD's time (seed 000's "
         "claim): " + ("**met**" if time_ok else "**missed**")
-        + (f" ({reach:.0f} s vs FTD's {ftd_time:.0f} s, ratio {reach / ftd_time:.2f})."
+        + (f" ({reach:.1f} s vs FTD's {ftd_time:.1f} s, ratio {reach / ftd_time:.2f})."
            if reach is not None else " (PTM never reached it within the budget)."),
         f"- PTM's peak memory at or below FTD's: {'**met**' if mem_ok else '**missed**'} "
         f"({ptm['peak_memory_mb']:.0f} vs "
@@ -166,7 +194,10 @@ def main() -> None:
         print(method, fmt(results[method], "balanced_acc"), f"{results[method]['distill_seconds']:.0f}s", flush=True)
     settings = {"dataset": args.dataset, "ipc": args.ipc, "eval_every": args.eval_every, "preset": args.preset,
                 "width": args.width, "seed": args.seed, "eval_models": args.eval_models, "device": args.device,
-                "machine": machine(args.device, args.threads), "wall_minutes": (time.perf_counter() - start) / 60}
+                "machine": machine(args.device, args.threads),
+                "command": "OMP_NUM_THREADS=1 python " + " ".join(map(shlex.quote, sys.argv)),
+                "wall_minutes": (time.perf_counter() - start) / 60,
+                "run_minutes": run_minutes([work / "buffers_build", work / "herding", *(work / m for m in METHODS)])}
     record = {"settings": settings, "herding": _kept(herding), "results": {m: _kept(r) for m, r in results.items()}}
     with atomic_path(record_path) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
