@@ -37,6 +37,7 @@ def test_trajectory_table_aggregates_seeds_pairs_with_the_best_coreset_and_keeps
         record.put(("breastmnist", "ptm", 2, seed), _metrics(ptm))
         record.put(("breastmnist", "random", 2, seed), _metrics(rnd))
         record.put(("breastmnist", "herding", 2, seed), _metrics(herd))
+        record.put(("breastmnist", "dm", 2, seed), _metrics(0.95))  # above PTM, and outside the issue's target
     record.put(("adrenalmnist3d", "ptm", 10, 0), _metrics(0.7))
     record.put(("breastmnist", "full", 0, 0), {**_metrics(0.95), "test_balanced_acc_std": 0.03})
     out = tmp_path / "trajectory.md"
@@ -56,10 +57,13 @@ def test_trajectory_table_aggregates_seeds_pairs_with_the_best_coreset_and_keeps
     paired = text[text.index("against the best coreset"):]
     ptm_paired = next(line for line in paired.splitlines() if line.startswith("| ptm |"))
     assert "+8.0 ± 2.4 (3/3 vs herding)" in ptm_paired  # herding (74.0 mean) is the best coreset; diffs 5, 8, 11
-    assert "- breastmnist ipc 2: PTM balanced accuracy 82.0 ± 1.6 (3) vs best other `herding`" in text
+    # the target is issue 12's: every coreset and every other trajectory method; DM stands on a line of its own
+    assert ("- breastmnist ipc 2: PTM balanced accuracy 82.0 ± 1.6 (3) vs best coreset or trajectory method "
+            "`herding`") in text
     assert "gap +8.0 against PTM's seed std 1.6: **met**" in text
+    assert "best `dm` 85.0 ± 0.0 (3), gap -3.0: PTM not above it by more than its seed std (dc, dsa not run" in text
     assert kept_notes(out) == ["<!-- notes -->\nhand-written\n<!-- /notes -->", ""]
-    assert len(json.loads((tmp_path / "trajectory.json").read_text())) == 11
+    assert len(json.loads((tmp_path / "trajectory.json").read_text())) == 14
 
 
 @pytest.mark.parametrize("bad", ["not json", "[1, 2]"])
