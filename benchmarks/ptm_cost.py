@@ -39,9 +39,12 @@ METHODS = ("ptm", "ftd", "mtt")
 KEY = "test_balanced_acc_mean"
 
 
-def first_time_at(history: list[dict], target: float) -> float | None:
-    """Distillation seconds of the first evaluation at or above ``target`` balanced accuracy."""
-    return next((e["distill_seconds"] for e in history if e[KEY] >= target - 1e-12), None)
+def first_at(history: list[dict], target: float, field: str = "distill_seconds") -> float | int | None:
+    """``field`` (distillation seconds, or ``"iteration"``) of the first evaluation at or above ``target``.
+
+    ``None`` if no evaluation reached it, or for a record written before the field was kept.
+    """
+    return next((e.get(field) for e in history if e[KEY] >= target - 1e-12), None)
 
 
 # What the record keeps of each run's metrics.json (enough to write the table and draw the figure again).
@@ -60,7 +63,7 @@ def _resolution_note(results: dict, target: float, eval_every: int) -> list[str]
     """A caveat when methods reach ``target`` at their first evaluation after the start: the evaluation grid then
     bounds their times from above, and the ratio of two such times is only the ratio of their per-iteration costs."""
     early = [m for m, r in results.items()
-             if len(r["eval_history"]) > 1 and first_time_at(r["eval_history"], target) == r["eval_history"][1][
+             if len(r["eval_history"]) > 1 and first_at(r["eval_history"], target) == r["eval_history"][1][
                  "distill_seconds"]]
     if not early:
         return []
@@ -79,13 +82,9 @@ def run_minutes(folders: list[Path]) -> float:
     for folder in folders:
         status = json.loads((folder / "status.json").read_text())
         if status.get("started") and status.get("ended"):
-            total += (datetime.fromisoformat(status["ended"]) - datetime.fromisoformat(status["started"])).seconds
+            total += (datetime.fromisoformat(status["ended"])
+                      - datetime.fromisoformat(status["started"])).total_seconds()
     return total / 60
-
-
-def first_iteration_at(history: list[dict], target: float) -> int | None:
-    """Iteration of the first evaluation at or above ``target`` (``None`` if never, or for records without it)."""
-    return next((e.get("iteration") for e in history if e[KEY] >= target), None)
 
 
 def write_results(record: dict, out_md: Path) -> None:
@@ -93,19 +92,19 @@ def write_results(record: dict, out_md: Path) -> None:
     cfg, herding, results = record["settings"], record["herding"], record["results"]
     target = herding[KEY]
     ftd = results["ftd"]
-    ftd_reach = first_time_at(ftd["eval_history"], target)
+    ftd_reach = first_at(ftd["eval_history"], target)
     ftd_time = ftd_reach if ftd_reach is not None else ftd["distill_seconds"]
     rows = []
     for method, m in results.items():
-        reach = first_time_at(m["eval_history"], target)
+        reach = first_at(m["eval_history"], target)
         per_it = m["distill_seconds"] / max(1, m["iterations"])
         ratio = f"{reach / ftd_time:.2f}" if reach is not None else "never"
-        its = first_iteration_at(m["eval_history"], target)
+        its = first_at(m["eval_history"], target, "iteration")
         rows.append(f"| {method} | {fmt(m, 'balanced_acc')} | {m['distill_seconds']:.0f} | {per_it:.2f} | "
                     f"{'–' if reach is None else f'{reach:.1f}'} | {'–' if its is None else its} | {ratio} | "
                     f"{m['peak_memory_mb']:.0f} |")
     ptm = results["ptm"]
-    reach = first_time_at(ptm["eval_history"], target)
+    reach = first_at(ptm["eval_history"], target)
     time_ok = reach is not None and reach <= ftd_time / 6
     mem_ok = ptm["peak_memory_mb"] <= ftd["peak_memory_mb"]
     width = f" (width {cfg['width']})" if cfg.get("width") else ""

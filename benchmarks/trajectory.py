@@ -114,7 +114,7 @@ def full_bound_line(t: Table, d: str, ipcs: list[int]) -> str:
 def _versus(t: Table, d: str, i: int, rivals: tuple[str, ...]) -> tuple[str, float, float, str] | None:
     """PTM against the best of ``rivals`` in one cell: (best rival, gap, PTM's seed std, what is still pending)."""
     ptm = t.agg(d, "ptm", i)
-    others = {m: t.agg(d, m, i) for m in rivals if t.agg(d, m, i)}
+    others = {m: a for m in rivals if (a := t.agg(d, m, i))}
     if not ptm or not others:
         return None
     best = max(others, key=lambda m: others[m][RANK])

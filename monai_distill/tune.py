@@ -98,7 +98,8 @@ def _std(values: list[float]) -> float:
     """Sample standard deviation over seeds (0 for one seed)."""
     if len(values) < 2:
         return 0.0
-    return (sum((v - _mean(values)) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    mean = _mean(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 class _HeldOutDistill(DistillWorkflow):
