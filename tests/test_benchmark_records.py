@@ -17,7 +17,7 @@ from trajectory_common import ResultsRecord, kept_notes  # noqa: E402
 
 def _metrics(acc: float) -> dict:
     return {"test_acc_mean": acc, "test_acc_std": 0.01, "test_balanced_acc_mean": acc - 0.1,
-            "test_balanced_acc_std": 0.02, "distill_seconds": 12.0, "eval_history": [1, 2, 3]}
+            "test_balanced_acc_std": 0.02, "distill_seconds": 12.0, "eval_seconds": 60.0, "eval_history": [1, 2, 3]}
 
 
 def test_record_merges_writers_and_keeps_only_the_headline_numbers(tmp_path):
@@ -38,7 +38,7 @@ def test_trajectory_table_aggregates_seeds_pairs_with_the_best_coreset_and_keeps
         record.put(("breastmnist", "random", 2, seed), _metrics(rnd))
         record.put(("breastmnist", "herding", 2, seed), _metrics(herd))
         record.put(("breastmnist", "dm", 2, seed), _metrics(0.95))  # above PTM, and outside the target
-    record.put(("adrenalmnist3d", "ptm", 10, 0), _metrics(0.7))
+    record.put(("adrenalmnist3d", "ptm", 10, 0), {**_metrics(0.7), "distill_seconds": 3600.0})  # 61 min
     record.put(("breastmnist", "full", 0, 0), {**_metrics(0.95), "test_balanced_acc_std": 0.03})
     out = tmp_path / "trajectory.md"
     out.write_text("old table\n<!-- notes -->\nhand-written\n<!-- /notes -->\n")
@@ -62,6 +62,9 @@ def test_trajectory_table_aggregates_seeds_pairs_with_the_best_coreset_and_keeps
             "`herding`") in text
     assert "gap +8.0 against PTM's seed std 1.6: **met**" in text
     assert "best `dm` 85.0 ± 0.0 (3), gap -3.0: PTM not above it by more than its seed std (dc, dsa not run" in text
+    # the budget ladder: 2D cells 1.2 min against 20; the 3D cell 61 min against 60
+    assert "1.2-1.2 min, median 1.2, over 3 cells (0 over budget) vs the budget of 20 min: **met**" in text
+    assert "61.0-61.0 min, median 61.0, over 1 cell (1 over budget) vs the budget of 60 min: **missed**" in text
     assert kept_notes(out) == ["<!-- notes -->\nhand-written\n<!-- /notes -->", ""]
     assert len(json.loads((tmp_path / "trajectory.json").read_text())) == 14
 
