@@ -120,8 +120,7 @@ def budget_line(t: Table, d: str, method: str = "ptm") -> str | None:
     The record holds no load figure: cells ran beside up to three other benchmark processes on 2 cores, so a cell
     that misses may fit on a quiet machine; the verdict is on the minutes as measured.
     """
-    mins = [((r.get("distill_seconds") or 0) + (r.get("eval_seconds") or 0)) / 60
-            for (dd, m, *_), r in t.runs.items() if (dd, m) == (d, method) and r.get("eval_seconds")]
+    mins = [cell_minutes(r) for (dd, m, *_), r in t.runs.items() if (dd, m) == (d, method) and r.get("eval_seconds")]
     if not mins:
         return None
     budget = CELL_BUDGET_MIN[dims(d)]
@@ -214,6 +213,42 @@ def targets(t: Table, datasets: list[str], ipcs: list[int], dataset_dir: Path) -
     return [*lines, ""]
 
 
+def cell_minutes(run: dict[str, Any]) -> float:
+    """One run's minutes as the budget ladder counts them: distillation (experts included where built) + evaluation."""
+    return ((run.get("distill_seconds") or 0) + (run.get("eval_seconds") or 0)) / 60
+
+
+def still_to_run(t: Table, datasets: list[str], ipcs: list[int], seeds: int = 3) -> list[str]:
+    """The seeds each cell still lacks, with the minutes they will take on this machine as far as the record knows.
+
+    A missing seed is estimated by the median minutes of the cell's own seeds, else of the same family (coresets,
+    gradient/distribution matching, trajectory matching) on the same dataset and ipc; cells with neither are counted
+    but not timed. The estimates are the measured minutes, loaded machine included: a planning figure, not a target.
+    """
+    lines = [f"## Cells still to run (fewer than {seeds} seeds)", ""]
+    for d in datasets:
+        todo, minutes, untimed = [], 0.0, 0
+        for i in ipcs:
+            for family in (CORESETS, MATCHING, TRAJECTORY):
+                known = [cell_minutes(r) for m in family for r in t.seeds(d, m, i).values() if r.get("eval_seconds")]
+                for m in family:
+                    have = t.seeds(d, m, i)
+                    if len(have) >= seeds:
+                        continue
+                    own = [cell_minutes(r) for r in have.values() if r.get("eval_seconds")]
+                    todo.append(f"{m} ipc {i} ×{seeds - len(have)}")
+                    if own or known:
+                        minutes += (seeds - len(have)) * float(np.median(own or known))
+                    else:
+                        untimed += seeds - len(have)
+        if todo:
+            timed = f", about {minutes / 60:.1f} h of one process" + (f" ({untimed} not timed)" if untimed else "")
+            lines.append(f"- {d}: {sum(int(x.rsplit('×', 1)[1]) for x in todo)} seeds{timed}: {', '.join(todo)}.")
+        else:
+            lines.append(f"- {d}: none.")
+    return [*lines, ""]
+
+
 def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) -> None:
     known = {d for d, *_ in t.runs} | set(args.datasets)
     datasets = [d for d in DATASETS if d in known] + sorted(known - set(DATASETS))
@@ -253,7 +288,8 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
             secs = [r.get("distill_seconds") for r in t.seeds(d, m, i).values() if r.get("distill_seconds")]
             cells.append(f"{np.mean(secs):.0f}" if secs else "–")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", *targets(t, datasets, ipcs, Path(args.dataset_dir)), *kept_notes(path)]
+    lines += ["", *targets(t, datasets, ipcs, Path(args.dataset_dir)), *still_to_run(t, datasets, ipcs),
+              *kept_notes(path)]
     write_md(path, lines)
     for d in (d for d in datasets if any(run_d == d for run_d, *_ in t.runs)):  # no figure without a cell
         series = {m: (ipcs, [100 * t.agg(d, m, i)[RANK] if t.agg(d, m, i) else float("nan") for i in ipcs])

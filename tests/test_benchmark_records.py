@@ -74,6 +74,10 @@ def test_trajectory_table_aggregates_seeds_pairs_with_the_best_coreset_and_keeps
     # the budget ladder: 2D cells 1.2 min against 20; the 3D cell 61 min against 60
     assert "1.2-1.2 min, median 1.2, over 3 cells (0 over budget) vs the budget of 20 min: **met**" in text
     assert "61.0-61.0 min, median 61.0, over 1 cell (1 over budget) vs the budget of 60 min: **missed**" in text
+    # what is left: 3D ipc 10's two PTM seeds and 12 trajectory seeds timed by PTM's 61-min cell, the rest untimed
+    assert "- adrenalmnist3d: 65 seeds, about 14.2 h of one process (51 not timed): random ipc 2 ×3," in text
+    todo = text[text.index("## Cells still to run"):]
+    assert "mtt ipc 2 ×2" in todo.split("- breastmnist: ")[1].splitlines()[0]
     assert kept_notes(out) == ["<!-- notes -->\nhand-written\n<!-- /notes -->", ""]
     assert len(json.loads((tmp_path / "trajectory.json").read_text())) == 22
 
