@@ -178,8 +178,7 @@ def targets(t: Table, datasets: list[str], ipcs: list[int], dataset_dir: Path) -
                            f"{t.cell(d, settled, i, 'balanced_acc')} by more than their std)")
             lines.append(f"- {d} ipc {i}: PTM balanced accuracy {t.cell(d, 'ptm', i, 'balanced_acc')} vs best coreset "
                          f"or trajectory method `{best}` {t.cell(d, best, i, 'balanced_acc')}: gap {gap:+.1f} against "
-                         f"PTM's seed std {std:.1f}: **{'met' if gap > std else 'missed'}**"
-                         f"{pending}.")
+                         f"PTM's seed std {std:.1f}: **{'met' if gap > std else 'missed'}**{pending}.")
             matching = _versus(t, d, i, MATCHING)
             if matching is not None:
                 best, gap, std, pending, _ = matching
@@ -227,7 +226,7 @@ def still_to_run(t: Table, datasets: list[str], ipcs: list[int], seeds: int = 3)
     """
     lines = [f"## Cells still to run (fewer than {seeds} seeds)", ""]
     for d in datasets:
-        todo, minutes, untimed = [], 0.0, 0
+        todo, count, minutes, untimed = [], 0, 0.0, 0
         for i in ipcs:
             for family in (CORESETS, MATCHING, TRAJECTORY):
                 known = [cell_minutes(r) for m in family for r in t.seeds(d, m, i).values() if r.get("eval_seconds")]
@@ -236,14 +235,16 @@ def still_to_run(t: Table, datasets: list[str], ipcs: list[int], seeds: int = 3)
                     if len(have) >= seeds:
                         continue
                     own = [cell_minutes(r) for r in have.values() if r.get("eval_seconds")]
-                    todo.append(f"{m} ipc {i} ×{seeds - len(have)}")
+                    lack = seeds - len(have)
+                    todo.append(f"{m} ipc {i} ×{lack}")
+                    count += lack
                     if own or known:
-                        minutes += (seeds - len(have)) * float(np.median(own or known))
+                        minutes += lack * float(np.median(own or known))
                     else:
-                        untimed += seeds - len(have)
+                        untimed += lack
         if todo:
             timed = f", about {minutes / 60:.1f} h of one process" + (f" ({untimed} not timed)" if untimed else "")
-            lines.append(f"- {d}: {sum(int(x.rsplit('×', 1)[1]) for x in todo)} seeds{timed}: {', '.join(todo)}.")
+            lines.append(f"- {d}: {count} seeds{timed}: {', '.join(todo)}.")
         else:
             lines.append(f"- {d}: none.")
     return [*lines, ""]
