@@ -66,6 +66,12 @@ class SyntheticSet:
 
     @property
     def ipc(self) -> int:
+        """The images per class the set was made for: ``meta['ipc']``, else the largest class count of its labels.
+
+        Learned soft labels may change class (DATM's do), so counting their argmax would misstate the budget.
+        """
+        if self.meta.get("ipc") is not None:
+            return int(self.meta["ipc"])
         return int(torch.bincount(self.hard_labels, minlength=self.num_classes).max())
 
     def __len__(self) -> int:

@@ -55,6 +55,17 @@ def test_roundtrip(tmp_path: Path, breast_train: RealDataset, soft: bool) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic.pt"]
 
 
+def test_ipc_is_the_budget_when_soft_labels_change_class(breast_train: RealDataset) -> None:
+    # DATM-style drift seen on AdrenalMNIST3D ipc 10: every learned label ends up favouring class 0.
+    synth, _ = _from_real(breast_train, ipc=3)
+    drifted = torch.tensor([[0.7, 0.3]]).repeat(6, 1)
+    syn = SyntheticSet(images=synth.images, labels=drifted, meta=synth.meta)
+    assert syn.hard_labels.tolist() == [0] * 6
+    assert syn.ipc == 3
+    no_meta = SyntheticSet(images=synth.images, labels=drifted, meta={"num_classes": 2})
+    assert no_meta.ipc == 6
+
+
 def test_soft_labels_must_be_probabilities(breast_train: RealDataset) -> None:
     synth, _ = _from_real(breast_train, ipc=2)
     with pytest.raises(DataError, match="class probabilities"):
