@@ -53,6 +53,7 @@ METRICS = (
 RANK = "test_balanced_acc_mean"
 # Issue 12's budget ladder: one `standard` cell (distillation + evaluation) in minutes on 2 cores, per dimension.
 CELL_BUDGET_MIN = {2: 20, 3: 60}
+OTHER_DEVICE = "ᴳ"  # a cell with at least one seed from a device record (:func:`device_records`)
 
 
 def majority_share(dataset: str, dataset_dir: Path) -> float:
@@ -61,11 +62,41 @@ def majority_share(dataset: str, dataset_dir: Path) -> float:
     return float(np.bincount(labels).max() / labels.size)
 
 
-class Table:
-    """The record's runs, grouped by cell, with the formatting of the table."""
+def device_records(out_md: Path) -> list[Path]:
+    """Records of the same cells run on other devices, beside the table's own record (``trajectory_cuda.json`` for
+    ``trajectory.md``, as a lent GPU writes it with ``--out .../trajectory_cuda.md``); they fill the seeds the CPU
+    record lacks."""
+    return [p for p in (out_md.with_name(f"{out_md.stem}_cuda.json"),) if p.is_file()]
 
-    def __init__(self, runs: dict[tuple, dict[str, Any]]) -> None:
+
+def on_cpu(run: dict[str, Any]) -> bool:
+    """Whether a run ran on the CPU (records older than the ``device`` key hold CPU runs only)."""
+    return str(run.get("device", "cpu")).startswith("cpu")
+
+
+class Table:
+    """The record's runs, grouped by cell, with the formatting of the table.
+
+    ``others`` are runs from other devices' records (a lent GPU's ``trajectory_cuda.json``): same script, preset,
+    seeds and evaluation, another machine. They fill only the seeds this record lacks, and every cell that holds one
+    is marked :data:`OTHER_DEVICE`; minutes, seconds and the budget ladder read CPU runs only.
+    """
+
+    def __init__(self, runs: dict[tuple, dict[str, Any]], others: dict[tuple, dict[str, Any]] | None = None) -> None:
+        self.others = others or {}
         self.runs = runs
+
+    @property
+    def runs(self) -> dict[tuple, dict[str, Any]]:
+        return self._runs
+
+    @runs.setter
+    def runs(self, own: dict[tuple, dict[str, Any]]) -> None:
+        self.own = own  # this record's runs: what the run loop skips and the ladder times
+        self._runs = {**self.others, **own}
+
+    def marked(self, d: str, m: str, i: int) -> str:
+        return OTHER_DEVICE if any(not on_cpu(r) for r in self.seeds(d, m, i).values()) else ""
 
     def seeds(self, d: str, m: str, i: int) -> dict[int, dict[str, Any]]:
         return {s: v for (dd, mm, ii, *rest), v in self.runs.items() for s in rest if (dd, mm, ii) == (d, m, i)}
@@ -81,7 +112,8 @@ class Table:
         if m == "full" and a["n_seeds"] == 1:  # no distillation seed: the spread is over its networks
             run = next(iter(self.seeds(d, m, 0).values()))
             return f"{100 * run[f'test_{key}_mean']:.1f} ± {100 * run.get(f'test_{key}_std', 0):.1f} (nets)"
-        return f"{100 * a[f'test_{key}_mean']:.1f} ± {100 * a[f'test_{key}_mean_seed_std']:.1f} ({a['n_seeds']})"
+        return (f"{100 * a[f'test_{key}_mean']:.1f} ± {100 * a[f'test_{key}_mean_seed_std']:.1f} ({a['n_seeds']})"
+                f"{self.marked(d, m, i)}")
 
     def best_coreset(self, d: str, i: int) -> str | None:
         done = [m for m in CORESETS if self.agg(d, m, i)]
@@ -95,7 +127,8 @@ class Table:
             p = paired_difference(self.seeds(d, m, i), self.seeds(d, base, i), RANK)
         except ValueError:
             return "–"
-        return f"{100 * p['mean']:+.1f} ± {100 * p['std']:.1f} ({p['wins']}/{p['n_pairs']} vs {base})"
+        mark = self.marked(d, m, i) or self.marked(d, base, i)
+        return f"{100 * p['mean']:+.1f} ± {100 * p['std']:.1f} ({p['wins']}/{p['n_pairs']} vs {base}){mark}"
 
 
 def full_bound_line(t: Table, d: str, ipcs: list[int]) -> str:
@@ -120,7 +153,8 @@ def budget_line(t: Table, d: str, method: str = "ptm") -> str | None:
     The record holds no load figure: cells ran beside up to three other benchmark processes on 2 cores, so a cell
     that misses may fit on a quiet machine; the verdict is on the minutes as measured.
     """
-    mins = [cell_minutes(r) for (dd, m, *_), r in t.runs.items() if (dd, m) == (d, method) and r.get("eval_seconds")]
+    mins = [cell_minutes(r) for (dd, m, *_), r in t.runs.items()
+            if (dd, m) == (d, method) and r.get("eval_seconds") and on_cpu(r)]
     if not mins:
         return None
     budget = CELL_BUDGET_MIN[dims(d)]
@@ -229,12 +263,13 @@ def still_to_run(t: Table, datasets: list[str], ipcs: list[int], seeds: int = 3)
         todo, count, minutes, untimed = [], 0, 0.0, 0
         for i in ipcs:
             for family in (CORESETS, MATCHING, TRAJECTORY):
-                known = [cell_minutes(r) for m in family for r in t.seeds(d, m, i).values() if r.get("eval_seconds")]
+                known = [cell_minutes(r) for m in family for r in t.seeds(d, m, i).values()
+                         if r.get("eval_seconds") and on_cpu(r)]
                 for m in family:
                     have = t.seeds(d, m, i)
                     if len(have) >= seeds:
                         continue
-                    own = [cell_minutes(r) for r in have.values() if r.get("eval_seconds")]
+                    own = [cell_minutes(r) for r in have.values() if r.get("eval_seconds") and on_cpu(r)]
                     lack = seeds - len(have)
                     todo.append(f"{m} ipc {i} ×{lack}")
                     count += lack
@@ -274,6 +309,13 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
         "split and is tested at the epoch chosen on the val split (its ± is over networks when it has one seed).",
         "",
     ]
+    if any(not on_cpu(r) for r in t.runs.values()):
+        gpus = sorted({r.get("machine", "?") for r in t.runs.values() if not on_cpu(r)})
+        lines += [f"Cells marked {OTHER_DEVICE} hold seeds run with the same script, preset, seeds and evaluation on a "
+                  f"lent GPU ({'; '.join(gpus)}), from "
+                  f"{', '.join(f'`{p.name}`' for p in device_records(path))}: they fill seeds this machine has not "
+                  "run. "
+                  "Minutes, seconds and the budget targets count this machine's runs only.", ""]
     for key, title in METRICS:
         lines += [f"## {title}", "", *head]
         lines += [f"| {m} | " + " | ".join(t.cell(d, m, i, key) for d, i in cols) + " |" for m in rows]
@@ -281,12 +323,13 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
     lines += ["## Balanced accuracy against the best coreset of the same seeds (paired by seed; wins/pairs)", "",
               *head]
     lines += [f"| {m} | " + " | ".join(t.paired(d, m, i) for d, i in cols) + " |" for m in rows if m != "full"]
-    lines += ["", "## Distillation seconds (mean over seeds; the first trajectory run of a seed builds its experts)",
+    lines += ["", "## Distillation seconds on the CPU (mean over seeds; the first trajectory run of a seed builds its "
+              "experts)",
               "", *head]
     for m in rows[:-1]:
         cells = []
         for d, i in cols:
-            secs = [r.get("distill_seconds") for r in t.seeds(d, m, i).values() if r.get("distill_seconds")]
+            secs = [r["distill_seconds"] for r in t.seeds(d, m, i).values() if r.get("distill_seconds") and on_cpu(r)]
             cells.append(f"{np.mean(secs):.0f}" if secs else "–")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", *targets(t, datasets, ipcs, Path(args.dataset_dir)), *still_to_run(t, datasets, ipcs),
@@ -311,13 +354,17 @@ def main() -> None:
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_trajectory"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trajectory.md"))
     p.add_argument("--table_only", action="store_true", help="write the table from the record, run nothing")
+    p.add_argument("--no_device_records", action="store_true",
+                   help="leave out the seeds of other devices' records (<out stem>_cuda.json) from the table")
     p.add_argument("--rerun", action="store_true",
                    help="run cells the record already holds again (their old run folders are kept as seedN.replacedK)")
     args = p.parse_args()
     start = time.perf_counter()
     work, out_md = Path(args.work_dir) / args.preset, Path(args.out)
     record = bench.ResultsRecord(out_md.with_suffix(".json"))
-    table = Table(record.cells())
+    others = {} if args.no_device_records else {
+        cell: run for p in device_records(out_md) for cell, run in bench.ResultsRecord(p).cells().items()}
+    table = Table(record.cells(), others)
     if args.table_only:
         write(out_md, table, args, None)
         return
@@ -327,7 +374,7 @@ def main() -> None:
         for method in args.methods:
             for ipc in [0] if method == "full" else args.ipcs:
                 for seed in args.full_seeds if method == "full" else args.seeds:
-                    if (d, method, ipc, seed) in table.runs and not args.rerun:
+                    if (d, method, ipc, seed) in table.own and not args.rerun:
                         continue  # in the committed record: runs/ may be gone (a fresh checkout)
                     out = work / d / f"{method}_ipc{ipc}" / f"seed{seed}"
                     run = {**common, "seed": seed, "dataset": d}
@@ -337,8 +384,8 @@ def main() -> None:
                         metrics = run_bundle(out, f"{config}/evaluate.json", args.threads, synthetic="full", **run)
                     else:
                         options = {"buffers": {"flat": True, "seed": seed}} if method in TRAJECTORY else {}
-                        if args.iterations:
-                            options["num_iterations"] = args.iterations
+                        if args.iterations and method not in CORESETS:  # coresets have no iterations
+                            options["num_iterations" if method in TRAJECTORY else "iterations"] = args.iterations
                         metrics = run_bundle(out, f"{config}/train.json", args.threads, method=method, ipc=ipc,
                                              buffer_dir=work / "buffers", method_options=options, **run)
                     table.runs = record.put((d, method, ipc, seed), metrics)

@@ -82,6 +82,36 @@ def test_trajectory_table_aggregates_seeds_pairs_with_the_best_coreset_and_keeps
     assert len(json.loads((tmp_path / "trajectory.json").read_text())) == 22
 
 
+def test_trajectory_table_fills_missing_seeds_from_a_gpu_record_marks_them_and_times_only_cpu_runs(tmp_path):
+    cpu, gpu = ResultsRecord(tmp_path / "trajectory.json"), ResultsRecord(tmp_path / "trajectory_cuda.json")
+    for seed, acc in enumerate([0.70, 0.72]):
+        cpu.put(("adrenalmnist3d", "ptm", 10, seed), {**_metrics(acc), "distill_seconds": 3600.0, "device": "cpu"})
+    for seed, acc in enumerate([0.90, 0.91, 0.74]):  # seeds 0 and 1 are the CPU's: only seed 2 fills in
+        gpu.put(("adrenalmnist3d", "ptm", 10, seed), {**_metrics(acc), "distill_seconds": 30.0, "device": "cuda"})
+        gpu.put(("adrenalmnist3d", "dm", 10, seed), {**_metrics(0.6), "distill_seconds": 30.0, "device": "cuda"})
+    out = tmp_path / "trajectory.md"
+
+    def table(*extra: str) -> str:
+        cmd = [sys.executable, str(REPO / "benchmarks" / "trajectory.py"), "--table_only", "--datasets",
+               "adrenalmnist3d", "--ipcs", "10", "--work_dir", str(tmp_path / "runs"), "--out", str(out), *extra]
+        subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+        return out.read_text()
+
+    text = table()
+    row = {}  # the first table's rows: balanced accuracy
+    for line in text.splitlines():
+        if line.startswith("| "):
+            row.setdefault(line.split(" |")[0], line)
+    assert "| 62.0 ± 1.6 (3)ᴳ |" in row["| ptm"]  # balanced = acc - 0.1: 60 and 62 (CPU), 64 (GPU seed 2)
+    assert "| 50.0 ± 0.0 (3)ᴳ |" in row["| dm"]
+    assert "Cells marked ᴳ" in text and "`trajectory_cuda.json`" in text
+    # the budget ladder reads the two CPU cells (61 min), not the GPU's 1.5-min ones
+    assert "61.0-61.0 min, median 61.0, over 2 cells (2 over budget)" in text
+    assert "dm ipc 10" not in text[text.index("## Cells still to run"):]
+    plain = table("--no_device_records")
+    assert "| 61.0 ± 1.0 (2) |" in plain and "ᴳ" not in plain
+
+
 @pytest.mark.parametrize("bad", ["not json", "[1, 2]"])
 def test_a_broken_record_is_an_error_that_names_it(tmp_path, bad):
     path = tmp_path / "t.json"
