@@ -278,7 +278,8 @@ def still_to_run(t: Table, datasets: list[str], ipcs: list[int], seeds: int = 3)
                     else:
                         untimed += lack
         if todo:
-            timed = f", about {minutes / 60:.1f} h of one process" + (f" ({untimed} not timed)" if untimed else "")
+            timed = (f", about {minutes / 60:.1f} h of one process" if untimed < count else "") + (
+                f" ({untimed} not timed on this machine)" if untimed else "")
             lines.append(f"- {d}: {count} seeds{timed}: {', '.join(todo)}.")
         else:
             lines.append(f"- {d}: none.")
