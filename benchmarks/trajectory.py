@@ -96,7 +96,7 @@ class Table:
         self._runs = {**self.others, **own}
 
     def marked(self, d: str, m: str, i: int) -> str:
-        return OTHER_DEVICE if any(not on_cpu(r) for r in self.seeds(d, m, i).values()) else ""
+        return OTHER_DEVICE if any((d, m, i, s) not in self.own for s in self.seeds(d, m, i)) else ""
 
     def seeds(self, d: str, m: str, i: int) -> dict[int, dict[str, Any]]:
         return {s: v for (dd, mm, ii, *rest), v in self.runs.items() for s in rest if (dd, mm, ii) == (d, m, i)}
@@ -296,10 +296,14 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
     head = ["| method | " + " | ".join(f"{d} ipc {i}" for d, i in cols) + " |", "|---|" + "---|" * len(cols)]
     budget = sorted({(r.get("iterations"), r.get("eval_epochs")) for (_, m, *_), r in t.runs.items() if m != "full"},
                     key=str)
+    # a rewrite from the record (--table_only) may run elsewhere: then the runs say where they ran
+    recorded = sorted({r["machine"] for r in t.own.values() if r.get("machine")})
+    here = machine(args.device, args.threads) if wall is not None or not recorded else (
+        f"{'; '.join(recorded)} (as this record's runs give it)")
     lines = [
         f"# Distillation on MedMNIST (real data), preset `{args.preset}`: mean ± std over distillation seeds",
         "",
-        f"Machine: {machine(args.device, args.threads)}. Command: `OMP_NUM_THREADS=1 python benchmarks/trajectory.py` "
+        f"Machine: {here}. Command: `OMP_NUM_THREADS=1 python benchmarks/trajectory.py` "
         f"(cells may come from several invocations; the record `{path.with_suffix('.json').name}` holds every run)."
         + (f" Wall time of the last invocation {wall / 60:.1f} min." if wall is not None else ""),
         "",
@@ -310,8 +314,8 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
         "split and is tested at the epoch chosen on the val split (its ± is over networks when it has one seed).",
         "",
     ]
-    if any(not on_cpu(r) for r in t.runs.values()):
-        gpus = sorted({r.get("machine", "?") for r in t.runs.values() if not on_cpu(r)})
+    if borrowed := [r for cell, r in t.runs.items() if cell not in t.own]:
+        gpus = sorted({r.get("machine", "?") for r in borrowed})
         lines += [f"Cells marked {OTHER_DEVICE} hold seeds run with the same script, preset, seeds and evaluation on a "
                   f"lent GPU ({'; '.join(gpus)}), from "
                   f"{', '.join(f'`{p.name}`' for p in device_records(path))}: they fill seeds this machine has not "
@@ -324,13 +328,14 @@ def write(path: Path, t: Table, args: argparse.Namespace, wall: float | None) ->
     lines += ["## Balanced accuracy against the best coreset of the same seeds (paired by seed; wins/pairs)", "",
               *head]
     lines += [f"| {m} | " + " | ".join(t.paired(d, m, i) for d, i in cols) + " |" for m in rows if m != "full"]
-    lines += ["", "## Distillation seconds on the CPU (mean over seeds; the first trajectory run of a seed builds its "
-              "experts)",
+    lines += ["", "## Distillation seconds of this record's runs (mean over seeds; the first trajectory run of a seed "
+              "builds its experts)",
               "", *head]
     for m in rows[:-1]:
         cells = []
         for d, i in cols:
-            secs = [r["distill_seconds"] for r in t.seeds(d, m, i).values() if r.get("distill_seconds") and on_cpu(r)]
+            secs = [r["distill_seconds"] for s, r in t.seeds(d, m, i).items()
+                    if r.get("distill_seconds") and (d, m, i, s) in t.own]
             cells.append(f"{np.mean(secs):.0f}" if secs else "–")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", *targets(t, datasets, ipcs, Path(args.dataset_dir)), *still_to_run(t, datasets, ipcs),
