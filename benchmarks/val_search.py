@@ -50,6 +50,9 @@ def main() -> None:
                             dataset=args.dataset, method=args.method, ipc=args.ipc, preset=args.preset, seed=seed,
                             search_space=space, method_options=ast.literal_eval(args.method_options),
                             write_config=False, budget_minutes=1e6, max_trials=n_candidates,
+                            # one distillation per candidate and seed: the table's seeds are --seeds, and the tune
+                            # bundle's re-scoring (2 more seeds for its best candidates) would triple the cost unread
+                            rescore_top=0,
                             buffer_dir=str(work / "buffers"),
                             **ast.literal_eval(args.extra))
         per_seed[seed] = {json.dumps(t["override"], sort_keys=True): t for t in result["trials"]}
