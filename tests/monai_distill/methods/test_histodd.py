@@ -112,7 +112,8 @@ def test_histodd_setup_options_and_ablation_switches(he_train, tmp_path):
     d = make(he_train, tmp_path)
     assert d.stain is not None and d.pool is not None and len(d.pool) == 2  # the quick preset's pool
     assert d.options["distance"] == "l1" and d.options["inner_loop"] == 1
-    assert d.options["lr_img"] == 0.1  # chosen on val for ConvNet (histodd_lr_img.md); other networks keep 5e-3
+    # lr_img per distillation network, both chosen on val (histodd_lr_img.md, histodd_lr_img_resnetap10.md)
+    assert d.options["lr_img"] == 0.1
     assert make(he_train, tmp_path, arch="resnetap10").options["lr_img"] == 5e-3
     assert d._real_stained.shape == he_train.images.shape and torch.isfinite(d._real_stained).all()
     log = d.step(0)
