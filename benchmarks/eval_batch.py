@@ -8,7 +8,7 @@ the outcome; they choose nothing. Resumable: each run keeps its ``metrics.json``
 
 Usage (repo root)::
 
-    OMP_NUM_THREADS=1 python benchmarks/eval_batch.py --datasets breastmnist --batches 64 256
+    OMP_NUM_THREADS=1 python benchmarks/eval_batch.py --datasets breastmnist pneumoniamnist --batches 64 256
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def val_summary(metrics: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["breastmnist"])
+    p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
     p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
     p.add_argument("--preset", default="standard")
     p.add_argument("--seed", type=int, default=0)
