@@ -72,16 +72,19 @@ def main() -> None:
         rows.append(f"| {name} | {' | '.join(f'{100 * v:.1f}' for v in r['recall'])} | {100 * r['balanced_acc']:.1f} "
                     f"| {r['p_last']:.2f} | {r['margin']:.2f} |")
         print(rows[-1], flush=True)
-    bench.write_md(Path(args.out), [
+    out = Path(args.out)
+    default_out = p.get_default("out")
+    out_arg = "" if args.out == default_out else f" --out {shlex.quote(args.out)}"
+    bench.write_md(out, [
         f"# Class lean of networks trained on distilled sets ({args.dataset}, val split)", "",
         f"Machine: {bench.machine('cpu', 1)}. Command: `OMP_NUM_THREADS=1 python benchmarks/class_recall.py "
-        f"--dataset {args.dataset} --sets {' '.join(map(shlex.quote, args.sets))}` ({args.models} networks per set, "
-        f"preset `standard`, "
+        f"--dataset {args.dataset}{out_arg} --sets {' '.join(map(shlex.quote, args.sets))}` "
+        f"({args.models} networks per set, preset `standard`, "
         f"evaluation seed {args.seed}; {(time.perf_counter() - start) / 60:.0f} min). Val split: "
         f"{', '.join(f'{n} {c}' for n, c in zip(names, val.class_counts()))} images. Margin: median over val images "
         f"of log p({names[-1]}) - log p({names[0]}).", "",
         f"| set | {' | '.join(f'recall {n}' for n in names)} | balanced acc | mean p({names[-1]}) | margin |",
-        "|---" * (len(names) + 4) + "|", *rows])
+        "|---" * (len(names) + 4) + "|", *rows, "", *bench.kept_notes(out)])
 
 
 if __name__ == "__main__":
