@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from trajectory_common import BUNDLE, DATA, REPO, dims, kept_notes, machine, run_bundle, write_md
+from trajectory_common import (
+    BUNDLE,
+    REPO,
+    add_run_arguments,
+    dims,
+    kept_notes,
+    machine,
+    run_bundle,
+    run_overrides,
+    write_md,
+)
 
 OUT = REPO / "benchmarks" / "results" / "eval_batch.md"
 
@@ -37,21 +47,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
     p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
-    p.add_argument("--preset", default="standard")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dataset_dir", default=str(DATA))
     p.add_argument("--work_dir", default=str(REPO / "runs" / "eval_batch"))
+    add_run_arguments(p)
+    p.set_defaults(preset="standard")
     args = p.parse_args()
+    common = run_overrides(args)
     lines = [
         f"# Full-bound batch size chosen on val, preset `{args.preset}`",
         "",
-        f"Machine: {machine('cpu', args.threads)}. Command: `OMP_NUM_THREADS=1 python benchmarks/eval_batch.py "
+        f"Machine: {machine(args.device, args.threads)}. Command: `OMP_NUM_THREADS=1 python benchmarks/eval_batch.py "
         f"--datasets {' '.join(args.datasets)} --batches {' '.join(map(str, args.batches))} --preset {args.preset}`.",
         "",
         "Each row trains the preset's `full` bound (every network at the epoch of its best val balanced accuracy) "
         "with `eval_batch` set to the row's batch. **Chosen on val**: the best mean val balanced accuracy of the "
-        "chosen epochs. Test columns are the outcome, never the choice. Minutes were measured beside other processes.",
+        "chosen epochs. Test columns are the outcome, never the choice.",
         "",
         "| dataset | eval_batch | val balanced acc | mean chosen epoch | test balanced acc | test acc | minutes |",
         "|---|---|---|---|---|---|---|",
@@ -61,9 +70,9 @@ def main() -> None:
         rows = []
         for batch in args.batches:
             out = Path(args.work_dir) / args.preset / flag / f"batch{batch}"
+            overrides = {**common.get("preset_overrides", {}), "eval_batch": batch}
             m = run_bundle(out, f"{BUNDLE[dims(flag)]}/evaluate.json", args.threads, synthetic="full", dataset=flag,
-                           preset=args.preset, seed=args.seed, device="cpu", dataset_dir=args.dataset_dir,
-                           preset_overrides={"eval_batch": batch})
+                           **{**common, "preset_overrides": overrides})
             v = val_summary(m)
             rows.append((v["val_bal"], batch))
             lines.append(
